@@ -1,0 +1,38 @@
+# Every target that runs code first makes .venv (once; again when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+DEMO_OUT ?= outputs/demo
+
+.PHONY: help venv demo test test-fast lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## create .venv and install hsi with its dev tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: pip takes these two wheels from the machine's disk.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)  ## the main job on the embedded synthetic source, ending in the paper-style tables
+	DEMO_OUT=$(DEMO_OUT) $(BIN)/python -m hsi.demo
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## tests not marked slow
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check .
+
+clean:  ## remove outputs (keeps .venv)
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,1 @@
+"""hsi: Hard-Spurious-ImageNet."""

@@ -1,0 +1,75 @@
+"""Atomic writes and stable per-item randomness: the two habits every stage relies on."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temp file in the same folder, fsync, then os.replace: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
+    """A pandas DataFrame as CSV, index dropped, '\\n' line ends: the same frame gives the same bytes."""
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, lineterminator="\n")
+    return atomic_write_text(path, buf.getvalue())
+
+
+def atomic_save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """uint8 HxW or HxWxC array as a PNG; PIL writes no timestamp, so the bytes are reproducible."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def stable_seed(*keys: object) -> int:
+    """A 64-bit seed from any keys, the same on every machine and process (never Python's hash())."""
+    digest = hashlib.sha256("\x1f".join(map(str, keys)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def item_rng(*keys: object) -> np.random.Generator:
+    """The generator of one item, e.g. item_rng(seed, "recipe", split, wnid)."""
+    return np.random.default_rng(stable_seed(*keys))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_items(items: Iterable, shard: int, num_shards: int) -> list:
+    """Round-robin slice of an already sorted list; the union over shards is the list itself."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard} num_shards={num_shards}")
+    return [x for i, x in enumerate(items) if i % num_shards == shard]
