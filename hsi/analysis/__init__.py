@@ -1,0 +1,1 @@
+"""Analyses of sources, models and results: bias-score figures, correlations, tables."""
