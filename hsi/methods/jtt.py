@@ -1,0 +1,205 @@
+"""Just Train Twice (JTT): SPEC §6, issue 4.
+
+Stage 1 is an ERM checkpoint (epoch T). Its error set is the train samples it misclassifies
+in a separate pass in eval mode with eval transforms (no augmentation, no dropout). Stage 2
+trains a fresh model with the paper's ERM recipe on the train split in which every error
+example appears ``lambda_up`` times **in total** and every other example once (public JTT
+code counts the factor differently per repository; this is the one definition used here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from hsi.io import atomic_write_csv, atomic_write_text
+from hsi.methods.erm import ERMModule, evaluating, split_batch
+
+MINORITY = ("medium", "hard")  # the groups JTT's error set is meant to find
+
+
+def compute_error_set(
+    model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu"
+) -> pd.DataFrame:
+    """One row per sample of ``loader`` (in its order): ``index, label, pred, group_id, error``.
+
+    ``loader`` must iterate the train split in a fixed order with eval transforms (e.g.
+    ``HSIDataModule.train_eval_dataloader()``); ``index`` is the position in that order. The
+    model runs in eval mode without gradients and is handed back in its former mode.
+    """
+    labels, preds, group_ids = [], [], []
+    with evaluating(model, device):
+        for batch in loader:
+            x, y, g = split_batch(batch)
+            if y is None:
+                raise ValueError("the error-set loader must yield (x, y, group_id) batches")
+            preds.append(model(x.to(device)).argmax(dim=1).cpu())
+            labels.append(y.cpu())
+            group_ids.append(torch.zeros_like(y) if g is None else g.cpu())
+    label = torch.cat(labels).numpy().astype(np.int64)
+    pred = torch.cat(preds).numpy().astype(np.int64)
+    return pd.DataFrame({
+        "index": np.arange(len(label), dtype=np.int64),
+        "label": label,
+        "pred": pred,
+        "group_id": torch.cat(group_ids).numpy().astype(np.int64),
+        "error": pred != label,
+    })  # fmt: skip
+
+
+def error_set_report(
+    errors: pd.DataFrame | Sequence[bool], categories: Sequence[str]
+) -> dict[str, Any]:
+    """How well the error set finds the minority (Medium ∪ Hard) train samples.
+
+    ``errors``: :func:`compute_error_set`'s frame (its ``error`` column) or a boolean per sample;
+    ``categories``: each sample's category (easy/medium/hard) in the same order. Returns
+    ``size``, ``num_samples``, ``num_minority``, ``minority_in_error_set``, ``precision``
+    (share of the error set that is minority; None for an empty set), ``recall`` (share of the
+    minority samples in the error set; None without minority samples) and ``size_by_category``.
+    """
+    is_error = np.asarray(
+        errors["error"] if isinstance(errors, pd.DataFrame) else errors, dtype=bool
+    )
+    categories = np.asarray(categories, dtype=object)
+    if is_error.shape != categories.shape:
+        raise ValueError(f"{len(is_error)} error flags but {len(categories)} categories")
+    unknown = sorted(set(categories) - {"easy", "medium", "hard"})
+    if unknown:
+        raise ValueError(f"categories must be easy/medium/hard; got {unknown}")
+    minority = np.isin(categories, MINORITY)
+    size, num_minority = int(is_error.sum()), int(minority.sum())
+    hits = int((is_error & minority).sum())
+    return {
+        "size": size,
+        "num_samples": int(len(is_error)),
+        "num_minority": num_minority,
+        "minority_in_error_set": hits,
+        "precision": hits / size if size else None,
+        "recall": hits / num_minority if num_minority else None,
+        "size_by_category": {
+            c: int((is_error & (categories == c)).sum()) for c in ("easy", "medium", "hard")
+        },
+    }
+
+
+def check_lambda_up(lambda_up: int) -> int:
+    """``lambda_up`` (total appearances of an error example) as an int >= 1, or ValueError."""
+    if isinstance(lambda_up, bool) or int(lambda_up) != lambda_up or lambda_up < 1:
+        raise ValueError(
+            f"lambda_up (total appearances of an error example) must be an integer >= 1; got {lambda_up}"
+        )
+    return int(lambda_up)
+
+
+def _checked_errors(
+    n: int, error_indices: Sequence[int] | np.ndarray, lambda_up: int
+) -> np.ndarray:
+    check_lambda_up(lambda_up)
+    errors = np.asarray(error_indices, dtype=np.int64).ravel()
+    if errors.size == 0:
+        raise ValueError(
+            "the JTT error set is empty: the stage-1 ERM model classifies every train sample "
+            "correctly, so there is nothing to upsample. Take an earlier ERM checkpoint (fewer "
+            "epochs, jtt.stage1 at a smaller epoch) or check the train data (labels, groups)"
+        )
+    if errors.min() < 0 or errors.max() >= n:
+        raise ValueError(
+            f"error indices must lie in 0..{n - 1}; got {errors.min()}..{errors.max()}"
+        )
+    if len(np.unique(errors)) != errors.size:
+        raise ValueError("error indices must be distinct")
+    return errors
+
+
+def upsample_repeats(
+    n: int, error_indices: Sequence[int] | np.ndarray, lambda_up: int
+) -> np.ndarray:
+    """Appearances per sample: ``lambda_up`` for the error set, 1 for the rest (length ``n``).
+
+    What ``HSIDataModule.set_train_repeats`` takes.
+    """
+    errors = _checked_errors(n, error_indices, lambda_up)
+    repeats = np.ones(n, dtype=np.int64)
+    repeats[errors] = int(lambda_up)
+    return repeats
+
+
+def upsample_indices(
+    n: int, error_indices: Sequence[int] | np.ndarray, lambda_up: int
+) -> np.ndarray:
+    """Sorted dataset indices in which each error example appears exactly ``lambda_up`` times
+    in total and every other example once (``n + (lambda_up - 1) * len(errors)`` entries).
+
+    The order is sorted; the training sampler shuffles. An empty error set raises ValueError.
+    """
+    return np.repeat(np.arange(n, dtype=np.int64), upsample_repeats(n, error_indices, lambda_up))
+
+
+def upsampled_dataset(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> Subset:
+    """``dataset`` seen through ``indices`` (e.g. :func:`upsample_indices`), repeats included."""
+    return Subset(dataset, np.asarray(indices, dtype=np.int64).tolist())
+
+
+def write_error_set(
+    out_dir: str | Path, errors: pd.DataFrame, report: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Save ``error_set.csv`` (the frame) and ``error_set.json`` (the report) atomically."""
+    out_dir = Path(out_dir)
+    csv = atomic_write_csv(out_dir / "error_set.csv", errors)
+    js = atomic_write_text(
+        out_dir / "error_set.json", json.dumps(report, indent=2, sort_keys=True) + "\n"
+    )
+    return csv, js
+
+
+class JTTModule(ERMModule):
+    """Stage 2 of JTT: the ERM recipe on the upsampled train split (the data module upsamples).
+
+    Its own class so that checkpoints and hparams say ``method: jtt`` and carry ``lambda_up``,
+    the stage-1 checkpoint and the error-set report.
+    """
+
+    METHOD = "jtt"
+
+    def __init__(
+        self,
+        model_factory=None,
+        num_classes: int | None = None,
+        groups=None,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-3,
+        lr_schedule: str = "constant",
+        max_epochs: int | None = None,
+        model: nn.Module | None = None,
+        model_name: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        method: str | None = None,
+        lambda_up: int = 50,
+        stage1_checkpoint: str | None = None,
+        error_set: dict[str, Any] | None = None,
+    ) -> None:
+        check_lambda_up(lambda_up)
+        super().__init__(
+            model_factory=model_factory,
+            num_classes=num_classes,
+            groups=groups,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            max_epochs=max_epochs,
+            model=model,
+            model_name=model_name,
+            model_kwargs=model_kwargs,
+            method=method,
+        )
