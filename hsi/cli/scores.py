@@ -18,11 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hsi.analysis.bias_plots import plot_center_heatmap, plot_center_vs_size, plot_score_histograms
+from hsi.cli import CONF_DIR
 from hsi.scores import bias_scores, center_offsets, write_score_tables
 from hsi.sources.record import SourceIndex
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="scores")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="scores")
 def main(cfg: DictConfig) -> None:
     index: SourceIndex = instantiate(cfg.source).load()
     out = Path(cfg.out)

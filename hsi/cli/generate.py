@@ -1,0 +1,74 @@
+"""`hsi-generate [build|export|validate] key=value ...`: Hard-Spurious-ImageNet generation.
+
+    hsi-generate                                  build the assets (synthetic source, OpenCV)
+    hsi-generate build source=imagenet source.root=/data/imagenet shard=0 num_shards=8 workers=4
+    hsi-generate export export.format=jpeg        write <split>/<size>/<placement>/<wnid>/*.JPEG
+    hsi-generate validate                         completeness and hashes; non-zero exit on a problem
+
+The first argument, if it is a verb, becomes `action=<verb>` before Hydra parses the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from hsi.cli import CONF_DIR
+
+VERBS = ("build", "export", "validate")
+
+
+def verb_to_override(argv: list[str]) -> list[str]:
+    """["prog", "export", "-m", "out=x"] -> ["prog", "-m", "out=x", "action=export"].
+
+    The override goes last so that Hydra's flags (-m, --cfg job, ...) may follow the verb.
+    Without a verb, argv is unchanged (action: build from the config).
+    """
+    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+        if argv[1] not in VERBS:
+            raise SystemExit(
+                f"hsi-generate: unknown action {argv[1]!r}; use one of {', '.join(VERBS)}"
+            )
+        return [argv[0], *argv[2:], f"action={argv[1]}"]
+    return list(argv)
+
+
+def run(cfg: DictConfig) -> int:
+    """Do `cfg.action`, print its report; the exit code (non-zero: failed images or problems)."""
+    action = cfg.action
+    if action == "build":
+        from hsi.build import run_build
+
+        summary = run_build(cfg)
+        print(summary.report())
+        return 1 if summary.failed else 0
+    if action == "export":
+        from hsi.export import run_export
+
+        print(run_export(cfg).report())
+        return 0
+    if action == "validate":
+        from hsi.validate import validate_output
+
+        report = validate_output(cfg.out, workers=int(cfg.workers), progress=bool(cfg.progress))
+        print(report.text())
+        return 0 if report.ok else 1
+    raise ValueError(f"action must be one of {VERBS}, got {action!r}")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+def _app(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    sys.argv = verb_to_override(sys.argv)
+    _app()
+
+
+if __name__ == "__main__":
+    main()

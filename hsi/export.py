@@ -1,0 +1,167 @@
+"""Export a built dataset as plain image files plus metadata.csv, for tools that want files.
+
+Layout under the export folder (default `out/export`):
+
+    <split>/<size>/<placement>/<wnid>/<sample_id>.png   (or .JPEG with export.format=jpeg)
+    metadata.csv   the recipe's columns plus `path`, relative to the export folder
+
+PNG pixels are exactly `hsi.compose.compose`'s output; JPEG adds only its own encoding loss.
+Sharded like the build (`shard_items` over the recipe sorted by sample_id) and resumable: a file
+that exists is complete (atomic writes) and is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from PIL import Image
+
+from hsi.build import asset_kinds, csv_bytes, map_in_workers, remove_stale_temps, write_once
+from hsi.compose import Composer
+from hsi.io import atomic_save_png, atomic_write_bytes, shard_items
+
+FORMATS = {"png": "png", "jpeg": "JPEG"}  # export.format -> file extension (ImageNet's .JPEG)
+
+
+def export_dir(cfg: DictConfig) -> Path:
+    """export.dir, or out/export when null."""
+    chosen = cfg.get("export", {}).get("dir")
+    return Path(chosen) if chosen else Path(cfg.out) / "export"
+
+
+def export_relpath(row, fmt: str = "png") -> str:
+    """<split>/<size>/<placement>/<wnid>/<sample_id>.<ext> of one recipe row."""
+    if fmt not in FORMATS:
+        raise ValueError(f"export.format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    return f"{row['split']}/{int(row['size'])}/{row['placement']}/{row['wnid']}/{row['sample_id']}.{FORMATS[fmt]}"
+
+
+def metadata(recipe: pd.DataFrame, fmt: str) -> pd.DataFrame:
+    """The recipe with a `path` column (relative to the export folder)."""
+    paths = [export_relpath(row, fmt) for row in recipe.to_dict("records")]
+    return recipe.assign(path=paths)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    out: str
+    dest: str
+    fmt: str
+    quality: int
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(settings: ExportSettings) -> None:
+    _WORKER.clear()
+    _WORKER.update(settings=settings, composer=Composer.from_output(settings.out))
+
+
+def _export_one(task: tuple[dict, str]) -> str:
+    row, relpath = task
+    settings: ExportSettings = _WORKER["settings"]
+    image = _WORKER["composer"](row)
+    path = Path(settings.dest) / relpath
+    if settings.fmt == "png":
+        atomic_save_png(path, image)
+    else:
+        atomic_write_bytes(path, encode_jpeg(image, settings.quality))
+    return relpath
+
+
+@dataclass
+class ExportSummary:
+    dest: Path
+    shard: int
+    num_shards: int
+    samples: int
+    written: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        return (
+            f"hsi-generate export, shard {self.shard} of {self.num_shards}: {self.samples} samples -> "
+            f"{self.written} written, {self.skipped} skipped (already there) in {self.seconds:.1f} s\n"
+            f"  files:    {self.dest}\n  metadata: {self.dest / 'metadata.csv'}"
+        )
+
+
+def _check_assets(composer: Composer, rows: list[dict]) -> None:
+    kinds = asset_kinds({"paste": composer.paste})
+    needed = sorted(
+        {(k, r["fg_image"]) for r in rows for k in kinds if k != "bg"}
+        | {("bg", r["bg_image"]) for r in rows}
+    )
+    missing = [
+        composer.store.path(kind, key)
+        for kind, key in needed
+        if not composer.store.path(kind, key).is_file()
+    ]
+    if missing:
+        shown = "\n  ".join(map(str, missing[:10]))
+        raise FileNotFoundError(
+            f"{len(missing)} asset files are missing, e.g.\n  {shown}\n"
+            f"run `hsi-generate build out={composer.out}` (every shard) and `hsi-generate validate` first"
+        )
+
+
+def run_export(cfg: DictConfig) -> ExportSummary:
+    """Write this shard's samples and metadata.csv; the settings come from out/config.yaml."""
+    start = time.perf_counter()
+    out, shard, num_shards = Path(cfg.out), int(cfg.shard), int(cfg.num_shards)
+    fmt = str(cfg.export.format).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"export.format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    dest = export_dir(cfg)
+    composer = Composer.from_output(out)
+    table = metadata(composer.recipe, fmt)
+    meta_bytes = csv_bytes(table)
+    meta_path = dest / "metadata.csv"
+    if meta_path.is_file() and meta_path.read_bytes() != meta_bytes:
+        raise ValueError(
+            f"{meta_path} belongs to another export (other recipe or format); "
+            f"delete {dest} or set export.dir to another folder"
+        )
+    rows = sorted(table.to_dict("records"), key=lambda r: r["sample_id"])
+    mine = shard_items(rows, shard, num_shards)
+    _check_assets(composer, mine)
+    remove_stale_temps(dest / r["path"] for r in mine)
+
+    summary = ExportSummary(dest=dest, shard=shard, num_shards=num_shards, samples=len(mine))
+    tasks = []
+    for row in mine:
+        if (dest / row["path"]).is_file():
+            summary.skipped += 1
+        else:
+            recipe_row = {k: v for k, v in row.items() if k != "path"}
+            tasks.append((recipe_row, row["path"]))
+    settings = ExportSettings(
+        out=str(out), dest=str(dest), fmt=fmt, quality=int(cfg.export.quality)
+    )
+    for _ in map_in_workers(
+        _export_one,
+        tasks,
+        int(cfg.workers),
+        _init_worker,
+        (settings,),
+        progress=bool(cfg.get("progress", True)),
+        desc=f"export shard {shard}/{num_shards}",
+    ):
+        summary.written += 1
+    write_once(meta_path, meta_bytes, f"delete {dest} or set export.dir to another folder")
+    summary.seconds = time.perf_counter() - start
+    return summary
