@@ -1,0 +1,379 @@
+"""LightningDataModules: Hard-Spurious-ImageNet (`data=hsi|hsi_v2|hsi_sam`) and a source's own
+images (`data=source`, for source pretraining).
+
+`prepare_data` writes to disk and keeps no state (it runs on one process only); `setup` reads
+what is on disk and builds the datasets. Training batches come from an EpochSampler, so the same
+seed gives the same batches for any number of workers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from hsi.build import generation_config, read_manifests, run_build
+from hsi.compose import read_recipe
+from hsi.data.datasets import EpochSampler, HSIDataset, SourceDataset
+from hsi.data.transforms import (
+    AUGMENTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    train_transform,
+)
+from hsi.groups import Group, make_groups
+from hsi.io import item_rng
+from hsi.recipe import SPLITS, needed_images
+from hsi.sources import load_source
+
+SAMPLINGS = ("standard", "easy", "balanced")
+
+
+def _plain_config(cfg: DictConfig | Mapping) -> DictConfig:
+    """A resolved, detached copy (interpolations such as `${.dataset.name}` already applied)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return OmegaConf.create(dict(cfg))
+
+
+def build_is_complete(generate: DictConfig) -> bool:
+    """True when `generate.out` holds this very configuration and a manifest row for every image.
+
+    Reads only config.yaml, recipe.csv and the manifests (no source, no hashing), so it is fast
+    at any scale. Images recorded as failed count as done: rebuilding would fail again; they are
+    dropped (and counted) by HSIDataModule.setup. `hsi-generate validate` is the deep check.
+    """
+    out = Path(generate.out)
+    config, recipe = out / "config.yaml", out / "recipe.csv"
+    if not (config.is_file() and recipe.is_file()):
+        return False
+    if config.read_text(encoding="utf-8") != generation_config(generate):
+        return False  # run_build then explains the difference (or rejects the folder)
+    covered = set(read_manifests(out)["key"])
+    return set(needed_images(read_recipe(recipe))) <= covered
+
+
+def failed_images(out: str | Path, recipe: pd.DataFrame) -> dict[str, str]:
+    """{source image key: reason} of the recipe's images without assets, from the manifests.
+
+    Raises FileNotFoundError when an image has no manifest row at all (the build did not run).
+    """
+    manifest = read_manifests(out)
+    ok = set(manifest.loc[manifest["status"] == "ok", "key"])
+    failed = manifest[(manifest["status"] != "ok") & ~manifest["key"].isin(ok)]
+    reasons = dict(zip(failed["key"], failed["reason"], strict=True))
+    unbuilt = [k for k in needed_images(recipe) if k not in ok and k not in reasons]
+    if unbuilt:
+        raise FileNotFoundError(
+            f"{out}: {len(unbuilt)} source images of recipe.csv have no assets and no manifest entry "
+            f"(e.g. {unbuilt[:3]}); call prepare_data() or run `hsi-generate build out={out}` for every shard"
+        )
+    return reasons
+
+
+class _Loaders:
+    """DataLoader construction shared by both modules."""
+
+    seed: int
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler: EpochSampler | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,  # order comes from the sampler (train) or is the dataset's (eval)
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            # Workers' base seed from a private generator: iterating never consumes the global
+            # RNG, so model initialisation and dropout do not depend on num_workers either.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+class HSIDataModule(_Loaders, L.LightningDataModule):
+    """Hard-Spurious-ImageNet from a generation config (conf/generate.yaml's keys).
+
+    sampling: `standard` = the train split as built (the paper's long tail); `easy` = Easy
+    groups only (ERM_easy); `balanced` = equal expected draws per group (ERM_all), len(train)
+    draws with replacement, weight 1/n_group. After `setup`: `num_classes`, `class_names`
+    (wnids in label order), `groups`, `recipe` (rows served), `dropped` (rows left out because
+    an asset failed).
+    """
+
+    def __init__(
+        self,
+        generate: DictConfig | Mapping,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        sampling: str = "standard",
+        augment: str = "paper",
+        seed: int = 0,
+        pin_memory: bool = False,
+        drop_failed: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        export_dir: str | None = None,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_choice("sampling", sampling, SAMPLINGS)
+        _check_choice("augment", augment, AUGMENTS)
+        self.generate = _plain_config(generate)
+        self.out = Path(self.generate.out)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.sampling = sampling
+        self.augment = augment
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.drop_failed = bool(drop_failed)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.export_dir = Path(export_dir) if export_dir else None
+        self.persistent_workers = bool(persistent_workers)
+        self.resolution = int(self.generate.dataset.resolution)
+        self.train_repeats: np.ndarray | None = None
+        self.num_classes: int | None = None
+        self.class_names: list[str] | None = None
+        self.groups: list[Group] | None = None
+        self.recipe: pd.DataFrame | None = None  # rows served, after dropping failed ones
+        self.dropped: pd.DataFrame | None = None  # rows left out because an asset failed
+        self._rows: dict[str, pd.DataFrame] = {}
+
+    # ------------------------------------------------------------------ disk
+    def prepare_data(self) -> None:
+        """Build the assets that are missing (a complete build is a quick check, nothing more)."""
+        if self.export_dir is not None or build_is_complete(self.generate):
+            return
+        summary = run_build(self.generate)
+        print(summary.report())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.export_dir is not None:
+            recipe = read_recipe(self.export_dir / "metadata.csv")
+            failed: dict[str, str] = {}
+        else:
+            recipe = read_recipe(self.out / "recipe.csv")
+            failed = failed_images(self.out, recipe)
+        self.class_names = _class_names(recipe)
+        self.num_classes = len(self.class_names)
+        self.groups = _groups(recipe)
+        bad = recipe["fg_image"].isin(failed) | recipe["bg_image"].isin(failed)
+        self.dropped = recipe[bad].reset_index(drop=True)
+        if bad.any():
+            examples = "; ".join(f"{k}: {failed[k]}" for k in sorted(failed)[:3])
+            message = (f"{int(bad.sum())} of {len(recipe)} samples use source images whose assets failed "
+                       f"({len(failed)} images, e.g. {examples}); see {self.out / 'manifest'}")  # fmt: skip
+            if not self.drop_failed:
+                raise RuntimeError(
+                    message + "; fix them and rerun `hsi-generate build`, or set drop_failed=true"
+                )
+            warnings.warn(message + "; these samples are left out", stacklevel=2)
+        self.recipe = recipe[~bad].reset_index(drop=True)
+        for split in SPLITS:
+            rows = self.recipe[self.recipe["split"] == split]
+            if split == "train" and self.sampling == "easy":
+                rows = rows[rows["category"] == "easy"]
+            self._rows[split] = rows.reset_index(drop=True)
+
+    # ------------------------------------------------------------------ datasets
+    def dataset(self, split: str, train_transforms: bool = False) -> HSIDataset:
+        """The samples of `split` (train: after the `easy` filter) with train or eval transforms."""
+        if split not in self._rows:
+            raise RuntimeError(f"no split {split!r}: call setup() first (splits: {SPLITS})")
+        if train_transforms:
+            transform = train_transform(self.resolution, self.augment, self.mean, self.std)
+        else:
+            transform = eval_transform(self.mean, self.std)
+        dataset = self.generate.dataset
+        return HSIDataset(
+            self._rows[split],
+            self.export_dir if self.export_dir is not None else self.out,
+            self.resolution,
+            resize_mode=str(dataset.get("resize_mode", "squash")),
+            paste=str(dataset.get("paste", "rect")),
+            transform=transform,
+            from_export=self.export_dir is not None,
+        )
+
+    def set_train_repeats(self, repeats: Sequence[int] | np.ndarray | None) -> None:
+        """Times each train sample (train_eval_dataloader's order) appears per epoch; None = once.
+
+        JTT's upsampling: the error set's samples lambda_up times, the others once.
+        """
+        if repeats is not None and self.sampling == "balanced":
+            raise ValueError("set_train_repeats works with sampling=standard or easy, not balanced")
+        self.train_repeats = None if repeats is None else np.asarray(repeats, dtype=np.int64)
+
+    def train_sampler(self, dataset: HSIDataset) -> EpochSampler:
+        if self.sampling == "balanced":
+            counts = np.bincount(dataset.group_ids)
+            weights = 1.0 / counts[dataset.group_ids]
+            return EpochSampler(len(dataset), self.seed, weights=weights, num_samples=len(dataset))
+        return EpochSampler(len(dataset), self.seed, repeats=self.train_repeats)
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train_transforms=True)
+        return self._loader(dataset, self.batch_size, self.train_sampler(dataset))
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The train split with eval transforms in a fixed order (JTT's error-set pass)."""
+        return self._loader(self.dataset("train"), self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.eval_batch_size)
+
+
+def _class_names(recipe: pd.DataFrame) -> list[str]:
+    """wnids in label order; labels must be 0..K-1, one wnid each."""
+    pairs = recipe[["label", "wnid"]].drop_duplicates().sort_values("label")
+    if pairs["label"].tolist() != list(range(len(pairs))) or pairs["wnid"].duplicated().any():
+        raise ValueError(
+            "recipe.csv: labels must be 0..K-1 with one wnid each; rebuild the dataset"
+        )
+    return pairs["wnid"].tolist()
+
+
+def _groups(recipe: pd.DataFrame) -> list[Group]:
+    """The 12 groups of the recipe's sizes, checked against its group_id/group columns."""
+    groups = make_groups(sorted(int(s) for s in recipe["size"].unique()))
+    names = {g.id: g.name for g in groups}
+    seen = recipe[["group_id", "group"]].drop_duplicates()
+    wrong = [
+        (int(i), n)
+        for i, n in zip(seen["group_id"], seen["group"], strict=True)
+        if names.get(int(i)) != n
+    ]
+    if wrong:
+        raise ValueError(
+            f"recipe.csv: group ids {wrong[:3]} do not match hsi.groups.make_groups; rebuild the dataset"
+        )
+    return groups
+
+
+class SourceDataModule(_Loaders, L.LightningDataModule):
+    """Plain classification on a source's own images (source pretraining): batches `(x, y, 0)`.
+
+    train = the source's train split (every image, boxed or not), val = its val split. With
+    `val_fraction`, val is that fraction of each class's train images instead (the same images
+    for every seed) and test is the source's val split; otherwise test is the val split.
+    """
+
+    def __init__(
+        self,
+        source: DictConfig | Mapping,
+        resolution: int = 64,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: str = "paper",
+        seed: int = 0,
+        val_fraction: float | None = None,
+        pin_memory: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_choice("augment", augment, AUGMENTS)
+        if val_fraction is not None and not 0.0 < float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1) or be null, got {val_fraction}")
+        self.source = _plain_config(source)
+        self.resolution = int(resolution)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = augment
+        self.seed = int(seed)
+        self.val_fraction = None if val_fraction is None else float(val_fraction)
+        self.pin_memory = bool(pin_memory)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.persistent_workers = bool(persistent_workers)
+        self.num_classes: int | None = None
+        self.class_names: list[str] | None = None
+        self.groups = None  # a single group: every batch's group_id is 0
+        self._records: dict[str, list] = {}
+
+    def prepare_data(self) -> None:
+        """Loading a source generates it if it is the synthetic one and missing."""
+        load_source(self.source)
+
+    def setup(self, stage: str | None = None) -> None:
+        index = load_source(self.source)
+        self.root = Path(index.root)
+        self.class_names = index.wnids
+        self.num_classes = len(self.class_names)
+        train, val = index.split("train", with_boxes=False), index.split("val", with_boxes=False)
+        if self.val_fraction is None:
+            self._records = {"train": train, "val": val, "test": val}
+        else:
+            held = _held_out(train, self.val_fraction)
+            self._records = {
+                "train": [r for r in train if r.key not in held],
+                "val": [r for r in train if r.key in held],
+                "test": val,
+            }
+        empty = [s for s in ("train", "val") if not self._records[s]]
+        if empty:
+            raise ValueError(f"source at {self.root} has no images in split(s) {empty}")
+
+    def dataset(self, split: str, train_transforms: bool = False) -> SourceDataset:
+        if split not in self._records:
+            raise RuntimeError(f"no split {split!r}: call setup() first (splits: train, val, test)")
+        if train_transforms:
+            transform = train_transform(
+                self.resolution, self.augment, self.mean, self.std, resize=True
+            )
+        else:
+            transform = eval_transform(self.mean, self.std, resize=self.resolution)
+        return SourceDataset(self._records[split], self.root, transform)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train_transforms=True)
+        return self._loader(dataset, self.batch_size, EpochSampler(len(dataset), self.seed))
+
+    def train_eval_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.eval_batch_size)
+
+
+def _held_out(records: list, fraction: float) -> set[str]:
+    """Keys of round(fraction * n) train images per class, from a fixed per-class permutation."""
+    by_class: dict[str, list] = {}
+    for r in records:
+        by_class.setdefault(r.wnid, []).append(r)
+    held: set[str] = set()
+    for wnid, rs in sorted(by_class.items()):
+        rs = sorted(rs, key=lambda r: r.key)
+        order = item_rng("source-val", wnid).permutation(len(rs))
+        held.update(rs[i].key for i in order[: round(fraction * len(rs))])
+    return held
