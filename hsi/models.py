@@ -40,6 +40,7 @@ def create_model(
     pretrained: bool = False,
     weights: str | None = None,
     checkpoint: str | None = None,
+    require_head: bool = False,
     **timm_kwargs,
 ) -> nn.Module:
     """Build timm model ``name`` with a ``num_classes``-way head.
@@ -48,6 +49,8 @@ def create_model(
     which takes precedence over ``pretrained`` (the offline cache). A head whose class count
     differs from the source's is freshly initialised; the backbone is always loaded.
     Raises ``FileNotFoundError`` naming the missing path and its config key.
+    ``require_head=True`` (evaluating a model as it is) refuses a head of another class count
+    instead of replacing it: a fresh head would make the accuracy meaningless.
     """
     if name.startswith("hf-hub:"):
         raise ValueError(
@@ -61,7 +64,7 @@ def create_model(
                 "model.checkpoint=%s given: model.weights / model.pretrained are not used", path
             )
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
-        load_checkpoint(model, path)
+        load_checkpoint(model, path, require_head=require_head)
         return model
     if weights is not None:
         path = _existing(weights, "model.weights")
@@ -71,6 +74,8 @@ def create_model(
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     overlay = {"file": str(path)}
     file_classes = _file_num_classes(path, name)
+    if require_head and file_classes != num_classes:
+        raise HeadMismatchError(path, file_classes, num_classes)
     if file_classes is not None:
         # timm keeps the file's head only when num_classes equals the cfg's class count; tell it
         # the file's real count so a 5-class file loads its head into a 5-class model.
@@ -184,7 +189,20 @@ def _network_state(raw: dict, model: nn.Module, path: Path) -> dict[str, torch.T
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+class HeadMismatchError(ValueError):
+    """A model evaluated as it is has a head for another label space than the data's."""
+
+    def __init__(self, path: Path, found: int | None, wanted: int):
+        super().__init__(
+            f"{path}: its classifier has {found if found is not None else 'an unknown number of'} "
+            f"outputs but the data has {wanted} classes; evaluate it on data with the same label "
+            f"space (e.g. every class of its source), or fine-tune it (method=erm) first"
+        )
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, require_head: bool = False
+) -> nn.Module:
     """Load an hsi checkpoint into ``model`` in place; re-initialise the head on a class mismatch."""
     path = _existing(path, "model.checkpoint")
     # Lightning checkpoints carry hyper-parameters (OmegaConf containers) that the restricted
@@ -198,6 +216,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     head = _classifier_name(model)
     head_weight = state.get(f"{head}.weight") if head is not None else None
     ckpt_classes = int(head_weight.shape[0]) if head_weight is not None else 0
+    if require_head and ckpt_classes != num_classes:
+        raise HeadMismatchError(path, ckpt_classes or None, num_classes)
     if head is not None and ckpt_classes != num_classes:
         model.reset_classifier(ckpt_classes)
     try:

@@ -1,0 +1,70 @@
+"""A real two-job multirun on the local one-node SLURM through `hydra/launcher=slurm`.
+
+`.ci/slurm-up.sh` starts the cluster (munge, slurmctld, slurmd); the test tries it when SLURM
+does not answer and it runs as root, and skips, saying why, only when SLURM cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from test_train import FAST, check_results, compose_train, hsi_data, hsi_train
+
+from hsi.results import read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM_UP = ROOT / ".ci" / "slurm-up.sh"
+
+
+def slurm_problem() -> str | None:
+    """Why no job could run on SLURM here, or None when a node is up."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "sinfo/sbatch are not installed"
+    try:
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 20 s"
+    if proc.returncode != 0:
+        return f"sinfo failed: {proc.stderr.strip()[:300]}"
+    states = proc.stdout.split()
+    if not any(s.rstrip("*~#") in ("idle", "mix", "alloc") for s in states):
+        return f"no SLURM node is up (node states: {states or 'none'})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    problem = slurm_problem()
+    if problem and os.geteuid() == 0 and SLURM_UP.is_file():
+        up = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=900)
+        problem = slurm_problem() or None
+        if problem:
+            problem += f"; {SLURM_UP.name} said: {(up.stdout + up.stderr).strip()[-300:]}"
+    if problem:
+        pytest.skip(f"SLURM cannot start here: {problem}")
+
+
+@pytest.mark.slow
+def test_two_job_multirun_on_slurm_writes_both_results(slurm, tmp_path):
+    # Build the dataset first: two jobs must not both build the same folder.
+    instantiate(compose_train([*hsi_data(tmp_path), "out=/x"]).data).prepare_data()
+    sweep = tmp_path / "sweep"
+    hsi_train(["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "seed=0,1", "ckpt_path=last",
+               *hsi_data(tmp_path), *FAST, f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    job_ids = set()
+    for job, seed in (("0", 0), ("1", 1)):
+        results = read_results(sweep / job)
+        check_results(results, "erm", sweep / job, seed=seed)
+        assert results["slurm_job_id"], "the job did not run under SLURM"
+        job_ids.add(results["slurm_job_id"])
+    assert len(job_ids) == 2
+    # submitit's logs of the array job sit beside the runs
+    assert len(list((sweep / ".submitit").rglob("*_log.out"))) == 2

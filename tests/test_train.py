@@ -1,0 +1,687 @@
+"""hsi-train: every config composes; tiny end-to-end runs of every method through the real CLI;
+results.json against recomputations; JTT multiplicities; the DFR embedding cache; multirun
+folders; W&B offline; resume after an interrupted fit.
+
+One tiny Hard-Spurious-ImageNet is built once for the module (3 synthetic classes, 32 px,
+sizes 8/12/16; per class 3 train samples per Easy group and 1 per Medium/Hard group, 1 val and
+2 test samples per group), so every val group holds 3 samples and every test group 6.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
+
+from hsi.groups import PLACEMENTS, make_groups
+from hsi.loggers import group_table_rows
+from hsi.models import create_model
+from hsi.results import find_results, flat_metrics, read_results, write_results
+from hsi.train import check_run_folder, data_key, make_datamodule, resolve_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+# Lightning notices srun on a machine with SLURM installed; these runs are not SLURM jobs.
+pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command is available")
+HSI_TRAIN = Path(sys.executable).parent / "hsi-train"  # the installed console script
+CLASSES, RESOLUTION, SIZES, BATCH = 3, 32, (8, 12, 16), 16
+EASY, MEDIUM, HARD, VAL, TEST = 3, 1, 1, 1, 2
+TRAIN_SAMPLES = CLASSES * (4 * EASY + 4 * MEDIUM + 4 * HARD)  # 60 (4 Medium and 4 Hard groups)
+BATCHES_PER_EPOCH = -(-TRAIN_SAMPLES // BATCH)  # 4
+# SPEC §4 at sizes 8/12/16: Easy = CeO/CoO at 12 and 16, Hard = CeR/CoR at 8 and 12.
+EASY_GROUPS = [f"{p}_{s}" for s in (12, 16) for p in ("CeO", "CoO")]
+HARD_GROUPS = [f"{p}_{s}" for s in (8, 12) for p in ("CeR", "CoR")]
+ALL_GROUPS = [f"{p}_{s}" for s in SIZES for p in PLACEMENTS]
+MEDIUM_GROUPS = [g for g in ALL_GROUPS if g not in EASY_GROUPS + HARD_GROUPS]
+ALL_GROUPS_IN_ID_ORDER = [g.name for g in make_groups(SIZES)]  # group id order
+
+
+def source_keys(prefix: str, tmp: Path) -> list[str]:
+    return [
+        f"{prefix}.root={tmp / 'source'}",
+        f"{prefix}.num_classes={CLASSES}",
+        f"{prefix}.train_per_class=32",
+        f"{prefix}.val_per_class=2",
+        f"{prefix}.progress=false",
+    ]
+
+
+def hsi_data(tmp: Path) -> list[str]:
+    # The folder is not called `hsi`: in the working directory of a `python -m` job (a SLURM job
+    # of submitit) a folder of that name would shadow the package.
+    return [
+        f"data.generate.out={tmp / 'hsi_data'}",
+        "data.generate.progress=false",
+        f"data.generate.dataset.resolution={RESOLUTION}",
+        f"data.generate.dataset.counts.train.easy={EASY}",
+        f"data.generate.dataset.counts.train.medium={MEDIUM}",
+        f"data.generate.dataset.counts.train.hard={HARD}",
+        f"data.generate.dataset.counts.val={VAL}",
+        f"data.generate.dataset.counts.test={TEST}",
+        f"data.batch_size={BATCH}",
+        *source_keys("data.generate.source", tmp),
+    ]
+
+
+def source_data(tmp: Path) -> list[str]:
+    return [
+        "data=source",
+        f"data.resolution={RESOLUTION}",
+        f"data.batch_size={BATCH}",
+        *source_keys("data.source", tmp),
+    ]
+
+
+FAST = [
+    "model=resnet10t",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "method.epochs=1",
+]
+
+
+def compose_train(overrides: list[str], hydra_node: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra_node)
+
+
+def run_inprocess(overrides: list[str], out: Path, callbacks=()) -> dict:
+    """hsi.train.train on the composed config (what the CLI does, without a new interpreter)."""
+    return train(compose_train([*overrides, f"out={out}"]), callbacks=callbacks)
+
+
+def hsi_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The real `hsi-train` command; fails the test with its output when it exits non-zero."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [str(HSI_TRAIN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, (
+        f"hsi-train {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    )
+    return proc
+
+
+def check_metrics(metrics: dict, groups: bool = True) -> None:
+    """Ranges, and the pooled numbers recomputed from the 12 group accuracies by hand: every
+    val and test group holds the same number of samples, so pooled accuracy = their mean."""
+    assert metrics and all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
+    if not groups:
+        assert set(metrics) == {"acc", "worst_group_acc", "mean_group_acc"}
+        assert metrics["acc"] == metrics["worst_group_acc"] == metrics["mean_group_acc"]
+        return
+    per_group = {g: metrics[f"group/{g}"] for g in ALL_GROUPS}
+    values = np.array(list(per_group.values()))
+    assert metrics["worst_group_acc"] == pytest.approx(values.min(), abs=1e-6)
+    assert metrics["mean_group_acc"] == pytest.approx(values.mean(), abs=1e-6)
+    assert metrics["acc"] == pytest.approx(values.mean(), abs=1e-6)
+    for name, members in (("easy", EASY_GROUPS), ("medium", MEDIUM_GROUPS), ("hard", HARD_GROUPS)):
+        assert metrics[f"acc_{name}"] == pytest.approx(
+            np.mean([per_group[g] for g in members]), abs=1e-6
+        )
+    for size in SIZES:
+        expected = np.mean([per_group[f"{p}_{size}"] for p in PLACEMENTS])
+        assert metrics[f"acc_size_{size}"] == pytest.approx(expected, abs=1e-6)
+
+
+def check_results(
+    results: dict, method: str, run_dir: Path, seed: int = 0, groups: bool = True
+) -> None:
+    assert results["status"] == "complete"
+    assert results["method"] == method and results["seed"] == seed == results["config"]["seed"]
+    assert Path(results["run_dir"]) == run_dir.resolve()
+    assert results["model"] == "resnet10t" and results["num_classes"] == CLASSES
+    assert results["groups"] == (ALL_GROUPS_IN_ID_ORDER if groups else None)
+    for split in ("val", "test"):
+        check_metrics(results[split], groups)
+    for path in results["checkpoints"].values():
+        assert Path(path).is_file(), path
+
+
+# ============================================================================ configs
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def fill_missing(cfg) -> list[str]:
+    """Overrides for every `???` key of a composed config (e.g. an ImageNet root)."""
+    missing = []
+
+    def walk(node, path):
+        for key in node:
+            if not path and key == "hydra":  # Hydra fills its own node when it runs a job
+                continue
+            child = f"{path}.{key}" if path else str(key)
+            if OmegaConf.is_missing(node, key):
+                missing.append(f"{child}=/nonexistent/{key}")
+            elif OmegaConf.is_dict(node[key]):
+                walk(node[key], child)
+
+    walk(cfg, "")
+    return missing
+
+
+def compose_filled(overrides: list[str], hydra_node: bool = False):
+    first = compose_train([*overrides, "out=/tmp/run"], hydra_node)
+    return compose_train([*overrides, "out=/tmp/run", *fill_missing(first)], hydra_node)
+
+
+GROUP_OPTIONS = [
+    *[f"data={o}" for o in options("data")],
+    *[f"model={o}" for o in options("model")],
+    *[f"method={o}" for o in options("method")],
+    *[f"trainer={o}" for o in options("trainer")],
+    *[f"logger={o}" for o in options("logger")],
+    *[f"experiment={o}" for o in options("experiment")],
+    *[f"source@data.generate.source={o}" for o in options("source")],
+    *[f"mask@data.generate.mask={o}" for o in options("mask")],
+    *[f"inpaint@data.generate.inpaint={o}" for o in options("inpaint")],
+    # dataset/hsi_sam selects mask=sam through a global package, which cannot apply under
+    # data.generate: in training that variant is data=hsi_sam (composed above)
+    *[f"dataset@data.generate.dataset={o}" for o in options("dataset") if o != "hsi_sam"],
+]
+
+
+@pytest.mark.parametrize("choice", GROUP_OPTIONS)
+def test_every_config_of_every_group_composes_resolves_and_builds(choice):
+    cfg = compose_filled([choice])
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert resolved["out"] == "/tmp/run" and resolved["seed"] == 0
+    dm = make_datamodule(cfg)  # constructors check their arguments; no data is read
+    assert hasattr(dm, "prepare_data") and dm.batch_size >= 1
+    factory = instantiate(cfg.model)
+    assert factory.func is create_model and factory.keywords["name"]
+    if cfg.method.algorithm != "evaluate":  # method=pretrained trains nothing
+        module = instantiate(cfg.method.module if "module" in cfg.method else cfg.method.erm_module)
+        assert module.func.__name__ in ("ERMModule", "JTTModule")
+    assert cfg.trainer.max_epochs == cfg.method.epochs or choice == "trainer=debug"
+    if cfg.trainer.accelerator != "gpu":  # a gpu trainer cannot be built on this CPU machine
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert cfg.method.algorithm in ("erm", "jtt", "dfr", "evaluate")
+
+
+def test_the_slurm_launcher_composes_with_the_submitit_keys():
+    cfg = compose_filled(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=debug"], hydra_node=True
+    )
+    launcher = cfg.hydra.launcher
+    assert (
+        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    for key in ("timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb", "nodes", "partition", "qos",
+                "account", "array_parallelism", "max_num_timeout", "setup", "additional_parameters"):  # fmt: skip
+        assert key in launcher, key
+    assert launcher.max_num_timeout > 0  # requeue on timeout, resumed through ckpt_path=last
+    assert str(cfg.hydra.sweep.dir) in launcher.submitit_folder
+    built = instantiate(launcher)  # builds the launcher object; submits nothing
+    assert built.params["partition"] == "debug"
+
+
+def test_method_configs_carry_the_paper_recipe():
+    """SPEC §6, written out here by hand."""
+    erm = compose_train(["out=/x"]).method
+    assert (erm.name, erm.epochs) == ("erm", 20)
+    assert (
+        erm.module.lr,
+        erm.module.momentum,
+        erm.module.weight_decay,
+        erm.module.lr_schedule,
+    ) == (1e-3, 0.9, 1e-3, "constant")
+    base = compose_train(["out=/x"])
+    assert (
+        base.data.batch_size == 256
+        and base.data.augment == "paper"
+        and base.data.sampling == "standard"
+    )
+    assert compose_train(["method=erm_easy"]).data.sampling == "easy"
+    assert compose_train(["method=erm_all"]).data.sampling == "balanced"
+    # the method option wins over an experiment that does not choose a sampling
+    assert compose_filled(["experiment=paper_erm", "method=erm_all"]).data.sampling == "balanced"
+    jtt = compose_train(["method=jtt"]).method
+    assert jtt.lambda_up == 50 and jtt.erm_checkpoint is None and jtt.epochs == 20
+    assert jtt.module.lr == jtt.erm_module.lr == 1e-3 and jtt.module.lambda_up == 50
+    dfr = compose_train(["method=dfr"]).method
+    assert dfr.variant == "paper" and (dfr.paper.epochs, dfr.paper.lr, dfr.paper.l2) == (
+        1000,
+        1.0,
+        100.0,
+    )
+    assert dfr.official.n_subsets >= 1 and list(dfr.official.c_grid)
+
+
+@pytest.mark.parametrize("name", [o for o in options("experiment") if o.startswith("paper_")])
+def test_paper_experiments_are_the_paper_setting(name):
+    cfg = compose_filled([f"experiment={name}"])
+    assert cfg.model.name.startswith("resnet50") and cfg.model.pretrained
+    assert cfg.data.generate.dataset.resolution == 224 and cfg.data.batch_size == 256
+    assert cfg.data.generate.source._target_.endswith("ImageNetSource")
+    assert cfg.trainer.accelerator == "gpu"
+    recipe = cfg.method.get("module") if cfg.method.algorithm != "dfr" else cfg.method.erm_module
+    assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.lr_schedule) == (
+        1e-3,
+        0.9,
+        1e-3,
+        "constant",
+    )
+    expected = {"paper_erm": ("erm", "standard"), "paper_erm_easy": ("erm_easy", "easy"),
+                "paper_erm_all": ("erm_all", "balanced"), "paper_jtt": ("jtt", "standard"),
+                "paper_dfr": ("dfr", "standard")}[name]  # fmt: skip
+    assert (cfg.method.name, cfg.data.sampling) == expected
+    assert cfg.task_name == name
+
+
+def test_run_and_sweep_folders_are_distinct_per_job():
+    hydra = OmegaConf.to_container(compose_filled([], hydra_node=True).hydra, resolve=False)
+    assert "%f" in hydra["run"]["dir"]  # microseconds: two runs started in the same second differ
+    assert "%f" in hydra["sweep"]["dir"]
+    assert hydra["sweep"]["subdir"] == "${hydra.job.num}"  # unique per job, stable under requeue
+
+
+def test_a_requeued_job_resolves_the_same_sweep_folder():
+    """submitit requeues the pickled launcher; its config must name the same folder later on
+    (Hydra copies the master config's resolver cache, `now` included, into each job's config)."""
+    cfg = compose_filled([], hydra_node=True)
+    first = str(cfg.hydra.sweep.dir)
+    time.sleep(0.002)
+    requeued = pickle.loads(pickle.dumps(cfg))
+    assert str(requeued.hydra.sweep.dir) == first
+    fresh = compose_filled([], hydra_node=True)
+    assert str(fresh.hydra.sweep.dir) != first  # a new launch gets a new folder
+
+
+def test_a_sampling_choice_on_source_data_is_refused_clearly(tmp_path):
+    cfg = compose_train([*source_data(tmp_path), "method=erm_easy", f"out={tmp_path}"])
+    with pytest.raises(ValueError, match="has no groups to sample by; use it with data=hsi"):
+        make_datamodule(cfg)
+
+
+# ============================================================================ small units
+def test_resolve_checkpoint_prefers_as_told_and_names_the_key(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(
+        FileNotFoundError, match="method.erm_checkpoint=.*no last.ckpt or best.ckpt"
+    ):
+        resolve_checkpoint(run, "method.erm_checkpoint", ("last.ckpt", "best.ckpt"))
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"b")
+    assert resolve_checkpoint(run, "k", ("last.ckpt", "best.ckpt")).name == "best.ckpt"
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"l")
+    assert resolve_checkpoint(run, "k", ("last.ckpt", "best.ckpt")).name == "last.ckpt"
+    assert resolve_checkpoint(run, "k", ("best.ckpt", "last.ckpt")).name == "best.ckpt"
+    with pytest.raises(FileNotFoundError, match="model.checkpoint=.*no such file or folder"):
+        resolve_checkpoint(tmp_path / "nope", "model.checkpoint", ("best.ckpt",))
+    with pytest.raises(FileExistsError, match="resume it with ckpt_path=last"):
+        check_run_folder(run, None)
+    check_run_folder(run, "last")  # resuming is allowed
+    check_run_folder(tmp_path / "fresh", None)
+
+
+def test_data_key_ignores_serving_keys_only(tmp_path):
+    base = compose_train([*hsi_data(tmp_path), "out=/x"])
+    same = compose_train([*hsi_data(tmp_path), "out=/x", "data.batch_size=3", "data.num_workers=2", "seed=4",
+                          "method=erm_all", "data.generate.workers=3"])  # fmt: skip
+    other = compose_train([*hsi_data(tmp_path), "out=/x", "data.generate.dataset.resolution=64"])
+    assert data_key(base) == data_key(same) != data_key(other)
+    assert data_key(base).startswith("hsi-")
+
+
+def test_group_table_rows_are_sizes_by_placements():
+    metrics = {
+        f"group/{p}_{s}": i * 0.01 + j
+        for i, s in enumerate(SIZES)
+        for j, p in enumerate(PLACEMENTS)
+    }
+    del metrics["group/CoR_16"]  # an empty group shows as None
+    rows = group_table_rows(metrics, make_groups(SIZES))
+    assert rows == [
+        [8, 0.0, 1.0, 2.0, 3.0],
+        [12, 0.01, 1.01, 2.01, 3.01],
+        [16, 0.02, 1.02, 2.02, None],
+    ]
+
+
+def test_results_round_trip_and_refuse_nan_and_objects(tmp_path):
+    path = write_results(
+        tmp_path, {"val": {"acc": np.float32(0.5), "x": float("nan")}, "test": {"acc": 1.0}}
+    )
+    back = read_results(tmp_path)
+    assert (
+        back == {"val": {"acc": 0.5, "x": None}, "test": {"acc": 1.0}}
+        and path.name == "results.json"
+    )
+    assert flat_metrics(back) == {"val/acc": 0.5, "val/x": None, "test/acc": 1.0}
+    with pytest.raises(TypeError, match="cannot hold a object"):
+        write_results(tmp_path, {"bad": object()})
+    assert (
+        json.loads(path.read_text())["test"]["acc"] == 1.0
+    )  # the failed write left the file intact
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        read_results(tmp_path / "elsewhere")
+
+
+# ============================================================================ end to end
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A folder holding the tiny dataset (built once, in process) and every run of the module."""
+    tmp = tmp_path_factory.mktemp("train")
+    dm = instantiate(compose_train([*hsi_data(tmp), "out=/x"]).data)
+    dm.prepare_data()
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def source_run(work) -> Path:
+    """Source pretraining through the CLI: plain classification on the source's own images."""
+    run = work / "source_run"
+    hsi_train([*source_data(work), *FAST, f"hydra.run.dir={run}"], work)
+    return run
+
+
+@pytest.fixture(scope="module")
+def sweep_a(work, source_run) -> Path:
+    """`-m method=erm,erm_all seed=0,1` on the basic launcher, from the source-pretrained model."""
+    sweep = work / "sweep_a"
+    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm,erm_all", "seed=0,1",
+               f"model.checkpoint={source_run}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    return sweep
+
+
+@pytest.mark.slow
+def test_source_pretraining_run_writes_results_without_groups(source_run):
+    results = read_results(source_run)
+    check_results(results, "erm", source_run, groups=False)
+    assert results["data"] == "source" and results["epochs"] == 1
+    assert results["config"]["checkpoint"]["monitor"] is None  # val/acc was monitored
+    best = torch.load(results["checkpoints"]["best"], map_location="cpu", weights_only=False)
+    monitor = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))[
+        "monitor"
+    ]
+    assert monitor == "val/acc"
+    assert (source_run / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_folder_and_results(sweep_a, source_run):
+    found = find_results(sweep_a)
+    assert [p.parent.name for p in found] == ["0", "1", "2", "3"]
+    combos = set()
+    for path in found:
+        results = read_results(path)
+        check_results(results, results["method"], path.parent, seed=results["seed"])
+        combos.add((results["method"], results["seed"]))
+        assert results["config"]["model"]["checkpoint"] == str(
+            source_run
+        )  # source-pretrained start
+        sampling = {"erm": "standard", "erm_all": "balanced"}[results["method"]]
+        assert results["config"]["data"]["sampling"] == sampling
+        assert Path(results["checkpoints"]["best"]).parent == path.parent / "checkpoints"
+    assert combos == {("erm", 0), ("erm", 1), ("erm_all", 0), ("erm_all", 1)}
+
+
+def _predict(net, loader):
+    preds, labels, group_ids = [], [], []
+    with torch.no_grad():
+        for x, y, g in loader:
+            preds.append(net(x).argmax(1))
+            labels.append(y)
+            group_ids.append(g)
+    return torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(group_ids).numpy()
+
+
+def _group_accuracies(pred, label, group_id) -> dict[str, float]:
+    correct = np.bincount(group_id, weights=(pred == label), minlength=12)
+    total = np.bincount(group_id, minlength=12)
+    return {f"group/{g.name}": correct[g.id] / total[g.id] for g in make_groups(SIZES)}
+
+
+@pytest.mark.slow
+def test_erm_test_metrics_equal_a_recomputation_from_the_best_checkpoint(sweep_a):
+    results = read_results(sweep_a / "0")
+    net = create_model("resnet10t", CLASSES, checkpoint=results["checkpoints"]["best"]).eval()
+    dm = instantiate(OmegaConf.create(results["config"]["data"]))
+    dm.setup("test")
+    pred, label, group_id = _predict(net, dm.test_dataloader())
+    assert len(label) == CLASSES * TEST * 12
+    expected = _group_accuracies(pred, label, group_id)
+    for name, value in expected.items():
+        assert results["test"][name] == pytest.approx(value, abs=1e-6), name
+    assert results["test"]["acc"] == pytest.approx(float((pred == label).mean()), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_pretrained_evaluates_the_source_model_as_it_is_on_the_groups(work, source_run):
+    run = work / "pretrained_run"
+    hsi_train([*hsi_data(work), *FAST, "method=pretrained", f"model.checkpoint={source_run}",
+               f"hydra.run.dir={run}"], work)  # fmt: skip
+    results = read_results(run)
+    assert results["method"] == "pretrained" and results["epochs"] == 0
+    assert not (run / "checkpoints").exists()  # nothing was trained, nothing saved
+    best = read_results(source_run)["checkpoints"]["best"]
+    net = create_model("resnet10t", CLASSES, checkpoint=best).eval()  # the head as trained
+    dm = instantiate(OmegaConf.create(results["config"]["data"]))
+    dm.setup("test")
+    pred, label, group_id = _predict(net, dm.test_dataloader())
+    for name, value in _group_accuracies(pred, label, group_id).items():
+        assert results["test"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
+    from hsi.models import HeadMismatchError
+
+    net = create_model("resnet10t", 3)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "m.ckpt")
+    with pytest.raises(HeadMismatchError, match="3 outputs but the data has 5 classes"):
+        create_model("resnet10t", 5, checkpoint=str(tmp_path / "m.ckpt"), require_head=True)
+    assert create_model("resnet10t", 3, checkpoint=str(tmp_path / "m.ckpt"), require_head=True)
+
+
+@pytest.mark.slow
+def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
+    sweep = work / "sweep_b"
+    lambda_up = 3
+    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm_easy,jtt", "++method.erm_epochs=1",
+               f"++method.lambda_up={lambda_up}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    erm_easy, jtt = read_results(sweep / "0"), read_results(sweep / "1")
+    check_results(erm_easy, "erm_easy", sweep / "0")
+    assert erm_easy["config"]["data"]["sampling"] == "easy"
+    check_results(jtt, "jtt", sweep / "1")
+
+    errors = pd.read_csv(sweep / "1" / "error_set.csv")
+    assert len(errors) == TRAIN_SAMPLES and errors["index"].tolist() == list(range(TRAIN_SAMPLES))
+    is_error = errors["error"].to_numpy(dtype=bool)
+    assert is_error.any()
+    # exact multiplicity in the stage-2 sampler: lambda_up for the error set, once for the rest
+    assert (errors["multiplicity"].to_numpy() == np.where(is_error, lambda_up, 1)).all()
+    report = jtt["error_set"]
+    assert report["epoch_size"] == TRAIN_SAMPLES + (lambda_up - 1) * int(is_error.sum())
+    # precision / recall against Medium ∪ Hard, by hand from the file
+    minority = ~errors["group"].isin(EASY_GROUPS).to_numpy()
+    assert report["size"] == is_error.sum()
+    assert report["precision"] == pytest.approx((is_error & minority).sum() / is_error.sum())
+    assert report["recall"] == pytest.approx((is_error & minority).sum() / minority.sum())
+
+    # the error set is the stage-1 model's mistakes on the train split with eval transforms
+    stage1 = Path(jtt["stage1"]["checkpoint"])
+    assert (
+        stage1 == sweep / "1" / "stage1" / "checkpoints" / "last.ckpt"
+        and jtt["stage1"]["epochs"] == 1
+    )
+    net = create_model("resnet10t", CLASSES, checkpoint=stage1).eval()
+    dm = instantiate(OmegaConf.create(jtt["config"]["data"]))
+    dm.setup("fit")
+    pred, label, _ = _predict(net, dm.train_eval_dataloader())
+    assert (pred == errors["pred"].to_numpy()).all() and ((pred != label) == is_error).all()
+    assert errors["sample_id"].tolist() == list(dm.dataset("train").sample_ids)
+
+    # stage 2 ran on the upsampled epochs: its global step counts their batches
+    assert jtt["global_step"] == -(-report["epoch_size"] // BATCH)
+
+
+@pytest.mark.slow
+def test_dfr_paper_and_official_share_one_embedding_extraction(work, sweep_a):
+    sweep, cache = work / "sweep_c", work / "cache"
+    erm_run = sweep_a / "0"
+    hsi_train(["-m", *hsi_data(work), *FAST, "method=dfr", "method.variant=paper,official",
+               f"method.erm_checkpoint={erm_run}", "method.paper.l2=10", "method.official.n_subsets=3",
+               f"method.cache_dir={cache}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    paper, official = read_results(sweep / "0"), read_results(sweep / "1")
+    for results, job in ((paper, "0"), (official, "1")):
+        check_results(results, "dfr", sweep / job)
+        assert results["stage1"] == {
+            "checkpoint": str(erm_run / "checkpoints" / "last.ckpt"),
+            "trained_here": False,
+        }
+    assert paper["dfr"]["variant"] == "paper" and official["dfr"]["variant"] == "official"
+    assert official["dfr"]["chosen_C"] in [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]
+    # the first job extracted, the second read the very same files back
+    assert [paper["dfr"]["embeddings"][s]["hit"] for s in ("val", "test")] == [False, False]
+    assert [official["dfr"]["embeddings"][s]["hit"] for s in ("val", "test")] == [True, True]
+    assert paper["dfr"]["embeddings"] == {
+        s: {**v, "hit": False} for s, v in official["dfr"]["embeddings"].items()
+    }
+    assert len(list(cache.rglob("*.npz"))) == 2
+    assert "extracting" in (sweep / "0" / "train.log").read_text()
+    assert "extracting" not in (sweep / "1" / "train.log").read_text()
+
+    # the saved head on the cached test embeddings gives results.json's test numbers
+    with np.load(paper["dfr"]["embeddings"]["test"]["path"]) as data:
+        X, y, g = data["X"], data["y"], data["g"]
+    state = torch.load(paper["checkpoints"]["dfr"], map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+    logits = ((X - state["feature_mean"].numpy()) / state["feature_scale"].numpy()) @ state[
+        "linear.weight"
+    ].numpy().T
+    pred = (logits + state["linear.bias"].numpy()).argmax(1)
+    for name, value in _group_accuracies(pred, y, g).items():
+        assert paper["test"][name] == pytest.approx(value, abs=1e-6), name
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAtEpoch(Callback):
+    """Stops the fit at the first batch of `epoch` (0-based), after the previous epoch's checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupt(f"interrupted at epoch {self.epoch}")
+
+
+class EpochCounter(Callback):
+    def __init__(self) -> None:
+        self.started = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.started += 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_fit_resumes_from_last_and_ends_after_the_same_epochs(work):
+    run = work / "resume"
+    overrides = [*hsi_data(work), *FAST, "method.epochs=3", "logger=none"]
+    with pytest.raises(Interrupt):
+        run_inprocess(overrides, run, callbacks=[InterruptAtEpoch(1)])
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (0, BATCHES_PER_EPOCH)  # one epoch of three done
+    assert not (run / "results.json").exists()
+    with pytest.raises(FileExistsError, match="ckpt_path=last"):
+        run_inprocess(overrides, run)  # a fresh fit would overwrite it
+    counter = EpochCounter()
+    results = run_inprocess([*overrides, "ckpt_path=last"], run, callbacks=[counter])
+    assert counter.started == 2  # epochs 2 and 3 only
+    assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES_PER_EPOCH
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3 * BATCHES_PER_EPOCH
+    check_results(results, "erm", run)
+    assert not (run / "csv").exists() and not (run / "wandb").exists()  # logger=none
+
+
+@pytest.mark.slow
+def test_wandb_offline_dfr_run_logs_group_tables_and_finishes(work):
+    import wandb
+
+    run = work / "wandb_dfr"
+    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method=dfr", "method.erm_epochs=1",
+                             "method.paper.l2=10", f"method.cache_dir={work / 'cache_wandb'}"], run)  # fmt: skip
+    assert wandb.run is None  # finished
+    check_results(results, "dfr", run)
+    assert results["stage1"]["trained_here"] and results["stage1"]["epochs"] == 1
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))  # one W&B run for the job
+    assert "got exitcode: 0" in (offline[0] / "logs" / "debug.log").read_text()
+    for split in ("val", "test"):
+        (table,) = (offline[0] / "files" / "media" / "table" / split).glob(
+            "group_table_*.table.json"
+        )
+        content = json.loads(table.read_text())
+        assert content["columns"] == ["size", "CeO", "CoO", "CeR", "CoR"]
+        expected = [[s, *(results[split][f"group/{p}_{s}"] for p in PLACEMENTS)] for s in SIZES]
+        assert len(content["data"]) == len(expected)
+        for row, want in zip(content["data"], expected, strict=True):
+            assert row == pytest.approx(want)
+
+
+@pytest.mark.slow
+def test_wandb_offline_erm_run_draws_the_per_group_curves(work):
+    import wandb
+
+    run = work / "wandb_erm"
+    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method.epochs=2"], run)
+    assert wandb.run is None
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (curves,) = (offline / "files" / "media" / "table" / "val").glob(
+        "group_curves_table_*.table.json"
+    )
+    content = json.loads(curves.read_text())
+    assert content["columns"] == ["step", "lineKey", "lineVal"]
+    points = {(row[1], row[0]): row[2] for row in content["data"]}
+    assert sorted(points) == sorted((g, e) for g in ALL_GROUPS for e in (0, 1))  # group x epoch
+    # the best checkpoint's epoch on the chart = the val numbers of results.json (same weights)
+    best_epoch = torch.load(results["checkpoints"]["best"], map_location="cpu", weights_only=False)[
+        "epoch"
+    ]
+    for group in ALL_GROUPS:
+        assert points[(group, best_epoch)] == pytest.approx(
+            results["val"][f"group/{group}"], abs=1e-6
+        )
+    assert not (run / "csv").exists()  # logger=wandb replaces the CSV logger
+    assert results["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_failing_wandb_job_closes_its_run_and_exits_non_zero(work, monkeypatch):
+    import wandb
+
+    from hsi.cli.train import main
+
+    run = work / "wandb_fail"
+    monkeypatch.setattr(sys, "argv", ["hsi-train", *hsi_data(work), *FAST, "logger=wandb", "data.sampling=bogus",
+                                      f"hydra.run.dir={run}", "hydra/job_logging=none", "hydra/hydra_logging=none"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    assert wandb.run is None
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert "got exitcode: 1" in (offline / "logs" / "debug.log").read_text()
+    assert not (run / "results.json").exists()
