@@ -11,7 +11,6 @@ what `compose` returns.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +69,13 @@ def paste_object(
 
 
 def _field(row, name: str):
-    return row[name] if isinstance(row, Mapping) else getattr(row, name)
+    """A recipe field of a dict, a pandas row or a namedtuple (itertuples).
+
+    Indexing comes first: on a pandas Series, getattr(row, "size") is Series.size (the number of
+    fields), not the recipe's `size` column."""
+    if isinstance(row, tuple) and hasattr(row, "_fields"):
+        return getattr(row, name)
+    return row[name]
 
 
 def compose(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hsi.assets import AssetStore, box_pixels, choose_core_box, crop, make_assets
@@ -62,6 +63,14 @@ def test_squash_pastes_exactly_the_s_by_s_square(store, size, position):
     assert changed_box(image) == EXPECTED_SQUASH[(size, position)]
     x, y, w, h = EXPECTED_SQUASH[(size, position)]
     assert (image[y : y + h, x : x + w] == OBJ_COLOUR).all()  # a constant crop stays constant
+
+
+def test_a_pandas_row_and_a_namedtuple_serve_the_recipe_size(store):
+    """A pandas Series has its own `.size` (its number of fields): the recipe's column must win."""
+    frame = pd.DataFrame([row(32, "corner")])
+    assert frame.iloc[0].size == 4  # the attribute that must not be taken for the size
+    for served in (frame.iloc[0], next(frame.itertuples(index=False))):
+        assert changed_box(compose(served, store, RES)) == EXPECTED_SQUASH[(32, "corner")]
 
 
 def test_fit_keeps_the_aspect_and_centres_in_the_square(store):
