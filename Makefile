@@ -5,7 +5,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
-DEMO_OUT ?= outputs/demo
 
 .PHONY: help venv demo test test-fast lint clean
 
@@ -23,13 +22,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)  ## the main job on the embedded synthetic source, ending in the paper-style tables
-	DEMO_OUT=$(DEMO_OUT) $(BIN)/python -m hsi.demo
+	$(BIN)/python -m hsi.demo
 
-test: $(STAMP)  ## the whole test suite
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## the whole test suite, notebooks included
+	$(BIN)/python -m pytest -q tests --nbmake notebooks
 
 test-fast: $(STAMP)  ## tests not marked slow
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q tests -m 'not slow'
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .

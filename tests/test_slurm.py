@@ -68,3 +68,35 @@ def test_two_job_multirun_on_slurm_writes_both_results(slurm, tmp_path):
     assert len(job_ids) == 2
     # submitit's logs of the array job sit beside the runs
     assert len(list((sweep / ".submitit").rglob("*_log.out"))) == 2
+
+
+@pytest.mark.slow
+def test_generation_shards_as_a_slurm_array_match_one_local_build(slurm, tmp_path):
+    """The README's SLURM recipe: `hsi-generate -m hydra/launcher=slurm shard=0,1 num_shards=2`,
+    then `validate`; the array's assets are the bytes of a one-process build."""
+    from test_build import make_cfg, source_overrides, tree
+
+    from hsi.build import run_build
+    from hsi.sources import load_source
+
+    source = tmp_path / "source"
+    load_source(make_cfg(tmp_path / "unused", source).source)  # generated once, before the array
+    reference = tmp_path / "reference"
+    run_build(make_cfg(reference, source))
+    out = tmp_path / "sharded"
+    # generation parameters as test_build's TINY, on the command line of the CLI
+    tiny = ["dataset.resolution=64", "dataset.counts.train.easy=2", "dataset.counts.train.medium=1",
+            "dataset.counts.train.hard=1", "dataset.counts.val=1", "dataset.counts.test=2",
+            "progress=false"]  # fmt: skip
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10"]  # fmt: skip
+    command = [str(ROOT / ".venv" / "bin" / "hsi-generate"), "-m", *launcher, f"out={out}",
+               *source_overrides(source), *tiny, "num_shards=2", "shard=0,1"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    manifests = sorted(p.name for p in (out / "manifest").iterdir())
+    assert manifests == ["shard-0-of-2.csv", "shard-1-of-2.csv"], manifests
+    assert tree(out / "assets") == tree(reference / "assets")
+    check = subprocess.run([command[0], "validate", f"out={out}"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
