@@ -1,0 +1,44 @@
+"""Paper-style tables from results.json contents (hsi.report), values worked out by hand."""
+
+import math
+
+import pytest
+
+from hsi.report import category_tables, format_table, group_table
+
+
+def run(method: str, easy: float, medium: float, hard: float, acc: float, worst: float) -> dict:
+    metrics = {"acc_easy": easy, "acc_medium": medium, "acc_hard": hard, "acc": acc,
+               "worst_group_acc": worst}  # fmt: skip
+    return {"method": method, "test": metrics, "val": {}}
+
+
+def test_category_tables_pool_seeds_into_mean_and_sample_std():
+    runs = [run("erm", 0.70, 0.60, 0.50, 0.62, 0.10), run("dfr", 0.8, 0.7, 0.6, 0.7, 0.2),
+            run("erm", 0.80, 0.64, 0.40, 0.66, 0.30)]  # fmt: skip
+    mean, std = category_tables(runs)
+    assert list(mean.index) == ["erm", "dfr"]  # first-seen order
+    assert list(mean.columns) == ["Easy", "Medium", "Hard", "Average", "Worst-group", "seeds"]
+    assert mean.loc["erm", "Easy"] == pytest.approx(75.0)  # (70 + 80) / 2, in percent
+    assert mean.loc["erm", "Hard"] == pytest.approx(45.0)
+    assert mean.loc["erm", "seeds"] == 2 and mean.loc["dfr", "seeds"] == 1
+    # sample std (ddof=1) of 70 and 80: sqrt(((-5)^2 + 5^2) / 1) = 7.071...
+    assert std.loc["erm", "Easy"] == pytest.approx(math.sqrt(50))
+    assert math.isnan(std.loc["dfr", "Easy"])  # one seed: no spread to report
+
+
+def test_group_table_is_sizes_by_placements_in_percent():
+    test = {f"group/{p}_{s}": (i + 1) / 100 for i, (s, p) in
+            enumerate((s, p) for s in (16, 24, 32) for p in ("CeO", "CoO", "CeR", "CoR"))}  # fmt: skip
+    del test["group/CoR_16"]  # an empty group is absent from results.json
+    table = group_table({"test": {**test, "acc": 0.5}})
+    assert list(table.index) == [16, 24, 32] and list(table.columns) == ["CeO", "CoO", "CeR", "CoR"]
+    assert table.loc[24, "CeR"] == pytest.approx(7.0)  # the 7th group in size-major order
+    assert math.isnan(table.loc[16, "CoR"])
+    row_16 = next(line for line in format_table(table, "t").splitlines() if line.startswith("16"))
+    assert row_16.split()[-1] == "-"  # NaN shown as '-'
+
+
+def test_group_table_without_groups_says_so():
+    with pytest.raises(ValueError, match="no group accuracies"):
+        group_table({"test": {"acc": 0.9}})
