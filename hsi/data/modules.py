@@ -83,6 +83,8 @@ class _Loaders:
     """DataLoader construction shared by both modules."""
 
     seed: int
+    batch_size: int
+    eval_batch_size: int
     num_workers: int
     pin_memory: bool
     persistent_workers: bool
@@ -102,6 +104,22 @@ class _Loaders:
             # RNG, so model initialisation and dropout do not depend on num_workers either.
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    # The four loaders of both modules: each module says how it builds a split's dataset
+    # (`dataset`) and how the train split is drawn (`train_sampler`).
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train_transforms=True)
+        return self._loader(dataset, self.batch_size, self.train_sampler(dataset))
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The train split with eval transforms in a fixed order (JTT's error-set pass)."""
+        return self._loader(self.dataset("train"), self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.eval_batch_size)
 
 
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -232,20 +250,6 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
             return EpochSampler(len(dataset), self.seed, weights=weights, num_samples=len(dataset))
         return EpochSampler(len(dataset), self.seed, repeats=self.train_repeats)
 
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.dataset("train", train_transforms=True)
-        return self._loader(dataset, self.batch_size, self.train_sampler(dataset))
-
-    def train_eval_dataloader(self) -> DataLoader:
-        """The train split with eval transforms in a fixed order (JTT's error-set pass)."""
-        return self._loader(self.dataset("train"), self.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size)
 
 
 def _class_names(recipe: pd.DataFrame) -> list[str]:
@@ -352,18 +356,8 @@ class SourceDataModule(_Loaders, L.LightningDataModule):
             transform = eval_transform(self.mean, self.std, resize=self.resolution)
         return SourceDataset(self._records[split], self.root, transform)
 
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.dataset("train", train_transforms=True)
-        return self._loader(dataset, self.batch_size, EpochSampler(len(dataset), self.seed))
-
-    def train_eval_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), self.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size)
+    def train_sampler(self, dataset: Dataset) -> EpochSampler:
+        return EpochSampler(len(dataset), self.seed)
 
 
 def _held_out(records: list, fraction: float) -> set[str]:
