@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from imagenet_factory import (
     CRANE_BIRD,
@@ -23,6 +24,7 @@ from imagenet_factory import (
 )
 from PIL import Image
 
+from hsi.scores import bias_scores
 from hsi.sources.imagenet import ImageNetSource, SourceLayoutError, normalise_boxes
 from hsi.sources.images import ImageReadError, load_rgb, read_size
 from hsi.sources.kaggle import read_loc_solution
@@ -279,6 +281,8 @@ def test_xml_and_kaggle_csv_give_identical_records(tmp_path):
     assert malformed not in by_id(xml) and by_id(csv)[malformed].boxes == ()
     assert [r for r in csv.records if (r.split, r.image_id) != malformed] == xml.records
     assert len(xml.records) == 14
+    # and so the bias scores agree (the malformed image has no box either way)
+    pd.testing.assert_frame_equal(bias_scores(xml), bias_scores(csv), check_exact=False, rtol=1e-12)
 
 
 def test_bad_csv_row_skips_only_that_image(tmp_path):
