@@ -147,8 +147,9 @@ def check_components(cfg: DictConfig) -> None:
         )
     for group in ("mask", "inpaint"):
         node = cfg[group]
-        if "checkpoint" in node and (
-            OmegaConf.is_missing(node, "checkpoint") or node.checkpoint is None
+        # `"checkpoint" in node` is False for a `???` value: ask OmegaConf directly
+        if OmegaConf.is_missing(node, "checkpoint") or (
+            "checkpoint" in node and node.checkpoint is None
         ):
             raise ValueError(
                 f"{group}.checkpoint is not set; add {group}.checkpoint=/path/to/the/file"
@@ -193,10 +194,12 @@ def prepare_output(cfg: DictConfig, index: SourceIndex) -> pd.DataFrame:
 
     out = Path(cfg.out)
     hint = f"use the same configuration as the first run, or another out= than {out}"
-    write_once(out / "config.yaml", generation_config(cfg).encode("utf-8"), hint)
+    # Everything that can fail on the configuration comes before the first write, so a failed
+    # first run leaves no config.yaml behind to refuse the corrected one.
     recipe = make_recipe(cfg, index)
-    write_once(out / "recipe.csv", csv_bytes(recipe), hint)
     pairs = resolve_pairs(cfg.dataset, index)
+    write_once(out / "config.yaml", generation_config(cfg).encode("utf-8"), hint)
+    write_once(out / "recipe.csv", csv_bytes(recipe), hint)
     if pairs:
         pairs_path = out / "pairs.csv"
         if not pairs_path.is_file():

@@ -13,6 +13,7 @@ that exists is complete (atomic writes) and is skipped.
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 
 from hsi.build import asset_kinds, csv_bytes, map_in_workers, remove_stale_temps, write_once
 from hsi.compose import Composer
-from hsi.io import atomic_save_png, atomic_write_bytes, shard_items
+from hsi.io import atomic_save_png, atomic_write_bytes, sha256_file, shard_items
 
 FORMATS = {"png": "png", "jpeg": "JPEG"}  # export.format -> file extension (ImageNet's .JPEG)
 
@@ -136,6 +137,15 @@ def run_export(cfg: DictConfig) -> ExportSummary:
             f"{meta_path} belongs to another export (other recipe or format); "
             f"delete {dest} or set export.dir to another folder"
         )
+    # What decides the pixels of the files: a rerun with other settings (quality, another build
+    # behind the same export.dir) must not keep the files of the first as if they were its own.
+    settings_doc = {
+        "format": fmt,
+        "quality": int(cfg.export.quality) if fmt == "jpeg" else None,
+        "build_config_sha256": sha256_file(out / "config.yaml"),
+    }
+    write_once(dest / "export.json", (json.dumps(settings_doc, indent=2) + "\n").encode(),
+               f"delete {dest} or set export.dir to another folder")  # fmt: skip
     rows = sorted(table.to_dict("records"), key=lambda r: r["sample_id"])
     mine = shard_items(rows, shard, num_shards)
     _check_assets(composer, mine)

@@ -212,6 +212,13 @@ def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
     paper = make_cfg(tmp_path / "paper", source_root, "dataset=hsi_v2")
     with pytest.raises(ValueError, match="dataset.pairs_from"):
         make_recipe(paper, index)
+    # the failed build writes nothing, so the corrected config can use the same folder
+    with pytest.raises(ValueError, match="dataset.pairs_from"):
+        run_build(paper)
+    assert not (tmp_path / "paper" / "config.yaml").exists()
+    fixed = make_cfg(tmp_path / "paper", source_root, "dataset=hsi_v2", "dataset.classes=null",
+                     f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}")  # fmt: skip
+    assert make_recipe(fixed, index) is not None and run_build(fixed).failed == 0
 
 
 # ---------------------------------------------------------------------------- the build
@@ -384,9 +391,16 @@ def test_validate_catches_deleted_corrupted_and_missing_files(reference, tmp_pat
     report = validate_output(out)
     assert any(p.startswith(f"hash mismatch {store.path('bg', keys[2])}") for p in report.problems)
 
-    (out / "manifest" / "shard-0-of-1.csv").rename(out / "manifest" / "shard-0-of-2.csv")
+    # a complete build beside the manifest of an abandoned 2-shard run: harmless leftovers
+    whole = out / "manifest" / "shard-0-of-1.csv"
+    half = pd.read_csv(whole, keep_default_na=False).iloc[::2]
+    half.to_csv(out / "manifest" / "shard-0-of-2.csv", index=False)
+    assert not any("missing manifest" in p for p in validate_output(out).problems)
+    # without the complete one, the 2-shard run is unfinished: its missing shard is named
+    whole.unlink()
     problems = validate_output(out).problems
     assert any("missing manifest" in p and "shard-1-of-2.csv" in p for p in problems)
+    assert any("needed images are in no manifest" in p for p in problems)
     shutil.rmtree(out / "manifest")
     assert any(p.startswith("no manifest") for p in validate_output(out).problems)
     (out / "recipe.csv").unlink()
@@ -434,6 +448,11 @@ def test_export_jpeg(reference, source_root, recipe, tmp_path):
         assert im.format == "JPEG"
         decoded = np.asarray(im).astype(int)
     assert np.abs(decoded - compose_sample(row, reference, 64).astype(int)).mean() < 8
+    # another quality into the same folder would keep the first run's files: refused
+    other = make_cfg(reference, source_root, f"export.dir={dest}", "export.format=jpeg",
+                     "export.quality=10")  # fmt: skip
+    with pytest.raises(ValueError, match="export.json exists and differs"):
+        run_export(other)
 
 
 # ---------------------------------------------------------------------------- components

@@ -286,7 +286,7 @@ def _read_marker(path: Path) -> dict[str, Any]:
         ) from e
 
 
-def _prepare(out: Path, marker: dict[str, Any]) -> bool:
+def _prepare(out: Path, marker: dict[str, Any], out_key: str) -> bool:
     """Decide what to do with `out`: True = complete already; resume or clear a partial one."""
     done = out / DONE_FILE
     if done.exists():
@@ -296,7 +296,7 @@ def _prepare(out: Path, marker: dict[str, Any]) -> bool:
         raise FileExistsError(
             f"{done} holds a synthetic source made with other parameters "
             f"({_differences(old.get('params', {}), marker['params']) or 'generator version differs'}); "
-            f"choose another `out` or delete {out}"
+            f"choose another {out_key} or delete {out}"
         )
     partial = out / PARTIAL_FILE
     if partial.exists():
@@ -314,7 +314,7 @@ def _prepare(out: Path, marker: dict[str, Any]) -> bool:
         if found:
             raise FileExistsError(
                 f"{out} already holds {', '.join(found)} but no {DONE_FILE}: it is not a synthetic "
-                f"source written here; choose another `out` or delete those"
+                f"source written here; choose another {out_key} or delete those"
             )
     atomic_write_text(partial, json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return False
@@ -329,9 +329,13 @@ def write_synthetic(
     val_per_class: int = 50,
     workers: int = 1,
     progress: bool = True,
+    out_key: str = "out",
     **look: Any,
 ) -> Path:
     """Write the synthetic source under `out` (ImageNet's layout) and return `out`.
+
+    `out_key` is the config key that set `out` (`out` for hsi-synth, `source.root` when a source
+    config generates it), so that an error names the key the user has to change.
 
     `look` takes the keys of LOOK_KEYS (habitat_prob, center_sd, area_range, multi_object_prob,
     multi_object_count, size_range, train_box_fraction, jpeg_quality). A complete `out` with the
@@ -345,7 +349,7 @@ def write_synthetic(
     params = SynthParams(seed, num_classes, train_per_class, val_per_class, **look)
     out = Path(out)
     marker = {"format_version": FORMAT_VERSION, "params": params.to_json()}
-    if _prepare(out, marker):
+    if _prepare(out, marker, out_key):
         print(
             f"{out / DONE_FILE}: synthetic source already complete with these parameters; nothing to do"
         )
@@ -417,5 +421,6 @@ class SyntheticSource:
         """Generate into `root` if needed, then read it back through the ImageNet reader."""
         from hsi.sources.imagenet import ImageNetSource
 
-        write_synthetic(self.root, workers=self.workers, progress=self.progress, **self.generation)
+        write_synthetic(self.root, workers=self.workers, progress=self.progress,
+                        out_key="source.root", **self.generation)  # fmt: skip
         return ImageNetSource(root=self.root, workers=self.workers, progress=self.progress).load()
