@@ -12,6 +12,7 @@ W&B specifics (the CSV logger needs none):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,10 @@ def make_wandb_logger(cfg: DictConfig) -> WandbLogger:
     if kwargs.get("group") is None:
         kwargs["group"] = sweep
     kwargs.setdefault("job_type", str(cfg.method.name))
+    # One W&B run per run folder: a resumed or requeued job continues it instead of opening another.
+    if kwargs.get("id") is None:
+        kwargs["id"] = hashlib.sha1(str(Path(str(cfg.out)).resolve()).encode()).hexdigest()[:16]
+        kwargs.setdefault("resume", "allow")
     Path(kwargs["save_dir"]).mkdir(parents=True, exist_ok=True)  # wandb wants it to exist
     return WandbLogger(
         offline=bool(offline), config=OmegaConf.to_container(cfg, resolve=True), **kwargs

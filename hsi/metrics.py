@@ -161,4 +161,4 @@ class GroupAccuracy(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         values = group_metrics(self.correct, self.total, self.groups)
-        return {key: torch.tensor(value, dtype=torch.float32) for key, value in values.items()}
+        return {key: torch.tensor(value, dtype=torch.float64) for key, value in values.items()}

@@ -35,8 +35,15 @@ def category_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mean, std) tables: one row per ``label`` value, columns Easy/Medium/Hard/Average/Worst-group
     and ``seeds``; rows keep the order in which each label first appears."""
-    rows = []
+    rows, seen = [], set()
     for results in runs:
+        key = (results[label], results.get("seed"))
+        if key in seen:
+            raise ValueError(
+                f"two runs of {label}={key[0]!r} with seed {key[1]}: they are not seeds of one "
+                f"setting; give each setting its own {label} (e.g. method and model, or DFR variant)"
+            )
+        seen.add(key)
         metrics = results[split]
         row = {title: _percent(metrics.get(key)) for title, key in CATEGORY_COLUMNS.items()}
         rows.append({label: results[label], **row})

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,8 @@ STAGE1_DIR = "stage1"
 STAGE1_RECORD = "stage1.json"  # not results.json: a stage 1 is not a run of its own
 # Data-module keys that change how data is served, not what the samples are: left out of the
 # embedding cache's data key, so a sweep over them reuses the embeddings.
+# (`sampling` is replaced by whether the train split is cut to the Easy groups: sampling=easy
+# serves other train samples, balanced only draws the same ones differently.)
 _SERVING_KEYS = ("batch_size", "eval_batch_size", "num_workers", "sampling", "augment", "seed",
                  "pin_memory", "persistent_workers")  # fmt: skip
 _RUNTIME_KEYS = ("shard", "num_shards", "workers", "progress")
@@ -134,6 +136,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
     if algorithm not in ALGORITHMS:
         raise ValueError(f"method.algorithm={algorithm!r}: must be one of {ALGORITHMS}")
     out = Path(str(cfg.out)).resolve()
+    cfg.ckpt_path = requeue_ckpt_path(cfg.ckpt_path)
     check_run_folder(out, cfg.ckpt_path)
     check_weights(cfg.model)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -172,6 +175,16 @@ def single_console_log() -> None:
 
 
 # --------------------------------------------------------------------------- checks and paths
+def requeue_ckpt_path(ckpt_path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """``last`` for a job that SLURM restarted (submitit's requeue on timeout or preemption sets
+    SLURM_RESTART_COUNT) when no ckpt_path was given: the restart continues its own run instead
+    of being refused by its own checkpoints."""
+    if ckpt_path is None and int(environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        log.warning("SLURM restarted this job: resuming from its last checkpoint (ckpt_path=last)")
+        return "last"
+    return ckpt_path
+
+
 def check_run_folder(out: Path, ckpt_path: str | None) -> None:
     """Refuse to start a fresh fit in a folder that holds an earlier run's checkpoints."""
     if ckpt_path is not None:
@@ -429,9 +442,12 @@ def erm_stage1(job: Job) -> tuple[Path, dict[str, Any]]:
     return outcome.last, record
 
 
-def _network(job: Job, checkpoint: Path) -> torch.nn.Module:
-    """The stage-1 network (its head included) loaded from ``checkpoint``."""
-    return job.model_factory()(num_classes=job.num_classes, checkpoint=str(checkpoint))
+def _network(job: Job, checkpoint: Path, require_head: bool = False) -> torch.nn.Module:
+    """The stage-1 network loaded from ``checkpoint``; ``require_head``: its head as trained
+    (JTT's error set needs the predictions; DFR uses only the embeddings)."""
+    return job.model_factory()(
+        num_classes=job.num_classes, checkpoint=str(checkpoint), require_head=require_head
+    )
 
 
 # --------------------------------------------------------------------------- JTT
@@ -450,7 +466,9 @@ def run_jtt(job: Job) -> dict[str, Any]:
             "method=jtt upsamples the train split as built: use data=hsi (hsi_v2, hsi_sam) with data.sampling=standard"
         )
     stage1, stage1_record = erm_stage1(job)
-    errors = compute_error_set(_network(job, stage1), dm.train_eval_dataloader(), eval_device(cfg))
+    errors = compute_error_set(
+        _network(job, stage1, require_head=True), dm.train_eval_dataloader(), eval_device(cfg)
+    )
     train_set = dm.dataset("train")
     errors.insert(1, "sample_id", train_set.sample_ids)
     errors["category"] = [job.groups[g].category for g in errors["group_id"]]
@@ -489,8 +507,11 @@ def run_jtt(job: Job) -> dict[str, Any]:
 def data_key(cfg: DictConfig) -> str:
     """Names the data a split's embeddings come from: the data config without serving keys."""
     node = OmegaConf.to_container(cfg.data, resolve=True)
+    easy_only = node.get("sampling") == "easy"
     for key in _SERVING_KEYS:
         node.pop(key, None)
+    if easy_only:
+        node["train_easy_only"] = True
     for sub in ("generate", "source"):
         if isinstance(node.get(sub), dict):
             for key in _RUNTIME_KEYS:

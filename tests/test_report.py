@@ -7,15 +7,16 @@ import pytest
 from hsi.report import category_tables, format_table, group_table
 
 
-def run(method: str, easy: float, medium: float, hard: float, acc: float, worst: float) -> dict:
+def run(method: str, easy: float, medium: float, hard: float, acc: float, worst: float,
+        seed: int = 0) -> dict:  # fmt: skip
     metrics = {"acc_easy": easy, "acc_medium": medium, "acc_hard": hard, "acc": acc,
                "worst_group_acc": worst}  # fmt: skip
-    return {"method": method, "test": metrics, "val": {}}
+    return {"method": method, "seed": seed, "test": metrics, "val": {}}
 
 
 def test_category_tables_pool_seeds_into_mean_and_sample_std():
     runs = [run("erm", 0.70, 0.60, 0.50, 0.62, 0.10), run("dfr", 0.8, 0.7, 0.6, 0.7, 0.2),
-            run("erm", 0.80, 0.64, 0.40, 0.66, 0.30)]  # fmt: skip
+            run("erm", 0.80, 0.64, 0.40, 0.66, 0.30, seed=1)]  # fmt: skip
     mean, std = category_tables(runs)
     assert list(mean.index) == ["erm", "dfr"]  # first-seen order
     assert list(mean.columns) == ["Easy", "Medium", "Hard", "Average", "Worst-group", "seeds"]
@@ -42,3 +43,9 @@ def test_group_table_is_sizes_by_placements_in_percent():
 def test_group_table_without_groups_says_so():
     with pytest.raises(ValueError, match="no group accuracies"):
         group_table({"test": {"acc": 0.9}})
+
+
+def test_two_runs_of_one_seed_are_not_pooled_as_seeds():
+    runs = [run("dfr", 0.6, 0.5, 0.4, 0.5, 0.1), run("dfr", 0.8, 0.5, 0.4, 0.5, 0.1)]
+    with pytest.raises(ValueError, match="two runs of method='dfr' with seed 0"):
+        category_tables(runs)

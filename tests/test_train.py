@@ -338,6 +338,9 @@ def test_data_key_ignores_serving_keys_only(tmp_path):
                           "method=erm_all", "data.generate.workers=3"])  # fmt: skip
     other = compose_train([*hsi_data(tmp_path), "out=/x", "data.generate.dataset.resolution=64"])
     assert data_key(base) == data_key(same) != data_key(other)
+    # sampling=easy cuts the train split to the Easy groups: other train embeddings
+    easy = compose_train([*hsi_data(tmp_path), "out=/x", "method=erm_easy"])
+    assert data_key(easy) not in (data_key(base), data_key(other))
     assert data_key(base).startswith("hsi-")
 
 
@@ -479,6 +482,15 @@ def test_pretrained_evaluates_the_source_model_as_it_is_on_the_groups(work, sour
     pred, label, group_id = _predict(net, dm.test_dataloader())
     for name, value in _group_accuracies(pred, label, group_id).items():
         assert results["test"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_slurm_restart_resumes_from_last_unless_told_otherwise():
+    from hsi.train import requeue_ckpt_path
+
+    assert requeue_ckpt_path(None, {}) is None  # a first start: a fresh fit
+    assert requeue_ckpt_path(None, {"SLURM_RESTART_COUNT": "0"}) is None
+    assert requeue_ckpt_path(None, {"SLURM_RESTART_COUNT": "2"}) == "last"  # requeued by submitit
+    assert requeue_ckpt_path("/x/a.ckpt", {"SLURM_RESTART_COUNT": "1"}) == "/x/a.ckpt"
 
 
 def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
