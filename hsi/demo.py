@@ -79,7 +79,7 @@ def main() -> None:
     for name in ("Pretrained", "ERM_all"):
         print(format_table(group_table(results[name]),
                            f"{name}: test accuracy (%) of the 12 groups (cf. Tables 1 and 4):"))  # fmt: skip
-    clean = read_results(source)["val"]["acc"]
+    clean = read_results(source)["test"]["acc"]  # its val is held-out train images
     print(f"Clean accuracy of the source-pretrained model (source val): {100 * clean:.2f}%")
     print(f"\nOutputs under {OUT.resolve()}:")
     print(f"  bias scores and figures  {OUT / 'scores'}")
