@@ -172,34 +172,12 @@ class JTTModule(ERMModule):
 
     def __init__(
         self,
-        model_factory=None,
-        num_classes: int | None = None,
-        groups=None,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-3,
-        lr_schedule: str = "constant",
-        max_epochs: int | None = None,
-        model: nn.Module | None = None,
-        model_name: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
-        method: str | None = None,
+        *args: Any,
         lambda_up: int = 50,
         stage1_checkpoint: str | None = None,
         error_set: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
+        """ERMModule's arguments, plus JTT's own (recorded in the hyper-parameters)."""
         check_lambda_up(lambda_up)
-        super().__init__(
-            model_factory=model_factory,
-            num_classes=num_classes,
-            groups=groups,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            lr_schedule=lr_schedule,
-            max_epochs=max_epochs,
-            model=model,
-            model_name=model_name,
-            model_kwargs=model_kwargs,
-            method=method,
-        )
+        super().__init__(*args, **kwargs)
