@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hsi.cli import CONF_DIR
+from hsi.console import quiet_console
 
 VERBS = ("build", "export", "validate")
 
@@ -60,6 +61,7 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _app(cfg: DictConfig) -> None:
+    quiet_console(cfg.verbose)
     code = run(cfg)
     if code:
         sys.exit(code)

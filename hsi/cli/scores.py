@@ -19,12 +19,14 @@ from omegaconf import DictConfig
 
 from hsi.analysis.bias_plots import plot_center_heatmap, plot_center_vs_size, plot_score_histograms
 from hsi.cli import CONF_DIR
+from hsi.console import quiet_console
 from hsi.scores import bias_scores, center_offsets, write_score_tables
 from hsi.sources.record import SourceIndex
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="scores")
 def main(cfg: DictConfig) -> None:
+    quiet_console(cfg.verbose)
     index: SourceIndex = instantiate(cfg.source).load()
     out = Path(cfg.out)
     scores = bias_scores(index)

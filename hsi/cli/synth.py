@@ -13,12 +13,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hsi.cli import CONF_DIR
+from hsi.console import quiet_console
 from hsi.sources.synthetic import read_counts, write_synthetic
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="synth")
 def main(cfg: DictConfig) -> None:
     keys = OmegaConf.to_container(cfg, resolve=True)
+    quiet_console(keys.pop("verbose"))
     out = write_synthetic(keys.pop("out"), **keys)
     counts = read_counts(out)
     print(

@@ -16,11 +16,13 @@ import hydra
 from omegaconf import DictConfig
 
 from hsi.cli import CONF_DIR
+from hsi.console import quiet_console
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Run the job; return val worst-group accuracy (what a hyper-parameter sweeper optimises)."""
+    quiet_console(cfg.verbose)
     from hsi.train import single_console_log, train  # here: --help and --cfg stay fast
 
     single_console_log()
