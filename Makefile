@@ -15,10 +15,11 @@ venv: $(STAMP)  ## create .venv and install hsi with its dev tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	# -qq: errors only (not one warning per ignored local index location).
+	$(BIN)/pip install -qq --upgrade pip
 	# torch first: pip takes these two wheels from the machine's disk.
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -qq torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $@
 
 demo: $(STAMP)  ## the main job on the embedded synthetic source, ending in the paper-style tables
@@ -30,8 +31,9 @@ test: $(STAMP)  ## the whole test suite, notebooks included
 test-fast: $(STAMP)  ## tests not marked slow
 	$(BIN)/python -m pytest -q tests -m 'not slow'
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff: the lint rules and the formatting
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache

@@ -8,6 +8,8 @@ unless --root is given), then prints images/minute for
   * the same with workers=2, and the ratio workers=2 / workers=1,
   * a plain loop decoding every image fully with PIL (Image.open(p).convert("RGB")),
 and the ratio header-reading / full decode. The two worker counts must give identical scores.
+Last, the CPU seconds of bias_scores alone on --boxes boxes held in memory (4 per image; the
+scoring of a full ImageNet's ~1M train boxes must take seconds, not minutes).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from hsi.io import item_rng
 from hsi.scores import bias_scores
 from hsi.sources.imagenet import ImageNetSource
+from hsi.sources.record import ClassInfo, ImageRecord, SourceIndex
 
 N_CLASSES = 10
 
@@ -75,6 +79,26 @@ def _per_minute(n: int, seconds: float) -> float:
     return 60.0 * n / seconds
 
 
+def score_boxes_in_memory(n_boxes: int, seed: int = 0) -> float:
+    """CPU seconds of bias_scores on n_boxes 50x50 boxes, 4 per 100x100 image, 2 classes."""
+    rng = np.random.default_rng(seed)
+    n = max(1, n_boxes // 4)
+    corner = rng.uniform(0, 50, size=(n, 4, 2))
+    classes = [ClassInfo(0, "n00000001", "a"), ClassInfo(1, "n00000002", "b")]
+    records = []
+    for i in range(n):
+        boxes = tuple((x, y, x + 50, y + 50) for x, y in corner[i])
+        wnid, label = classes[i % 2].wnid, i % 2
+        records.append(ImageRecord(f"i{i}", "train", wnid, label, f"i{i}.JPEG", 100, 100, boxes))
+    index = SourceIndex(Path("/nowhere"), classes, records)
+    start = time.process_time()
+    scores = bias_scores(index)
+    seconds = time.process_time() - start
+    if int(scores["n_objects"].sum()) != 4 * n:
+        raise SystemExit("bias_scores lost boxes")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000, help="train images (val adds a tenth)")
@@ -84,6 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--root", type=Path, default=None, help="folder for the tree (default: temp)"
     )
+    parser.add_argument("--boxes", type=int, default=1_000_000, help="boxes scored in memory")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_scores_") as tmp:
@@ -117,6 +142,9 @@ def main() -> None:
             f"full PIL decode: {len(paths)} images in {seconds:.2f} s = {decode_rate:,.0f} images/min"
         )
         print(f"ratio headers + scores (workers=1) / full decode: {rates[1] / decode_rate:.2f}")
+
+    seconds = score_boxes_in_memory(args.boxes)
+    print(f"bias_scores alone: {args.boxes:,} boxes in {seconds:.1f} s of CPU")
 
 
 if __name__ == "__main__":

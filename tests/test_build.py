@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import CONF, TINY, make_cfg, source_overrides, tree
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from PIL import Image
 
 from hsi.assets import AssetStore, choose_core_box, crop, resize_rgb
@@ -33,19 +33,7 @@ from hsi.sources.images import load_rgb
 from hsi.sources.synthetic import wnid_of
 from hsi.validate import validate_output
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 C0, C1, C2 = (wnid_of(k) for k in range(3))
-# 64 px, sizes 16/24/32; per class: train 4x2 + 8x1 = 16, val 12x1 = 12, test 2 images x 12 groups.
-TINY = [
-    "dataset.resolution=64",
-    "dataset.counts.train.easy=2",
-    "dataset.counts.train.medium=1",
-    "dataset.counts.train.hard=1",
-    "dataset.counts.val=1",
-    "dataset.counts.test=2",
-    "progress=false",
-]
 # Only the test split, one image per class: 2 source images for 2 classes.
 MINIMAL = [
     f"dataset.classes=[{C0},{C1}]",
@@ -58,21 +46,6 @@ MINIMAL = [
 NEEDED = 3 * (16 + 12 + 2)  # distinct source images of the TINY recipe: train, val, test
 
 
-def source_overrides(root: Path) -> list[str]:
-    return [
-        f"source.root={root}",
-        "source.num_classes=3",
-        "source.train_per_class=30",
-        "source.val_per_class=4",
-        "source.progress=false",
-    ]
-
-
-def make_cfg(out: Path, source_root: Path, *extra: str) -> DictConfig:
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("generate", [f"out={out}", *source_overrides(source_root), *TINY, *extra])
-
-
 def cli(*args: str, cwd: Path, env: dict | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hsi.cli.generate", *args],
@@ -83,13 +56,6 @@ def cli(*args: str, cwd: Path, env: dict | None = None, **kwargs) -> subprocess.
         text=True,
         **kwargs,
     )
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under folder (relative path -> bytes), hidden temp files included."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
 
 
 def merged_manifest(out: Path) -> pd.DataFrame:

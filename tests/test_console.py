@@ -7,21 +7,18 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from helpers import BIN
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hsi.console import LIGHTNING_LOGGERS, NoiseFilter, quiet_console
 from hsi.train.progress import ProgressLog
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 # --------------------------------------------------------------------------- quiet_console
@@ -97,7 +94,10 @@ def test_quiet_console_ignores_the_named_warnings_only():
         )
         warnings.warn("a warning about this job", UserWarning, stacklevel=1)
         warnings.warn("some other deprecation", FutureWarning, stacklevel=1)
-    assert [str(w.message) for w in caught] == ["a warning about this job", "some other deprecation"]
+    assert [str(w.message) for w in caught] == [
+        "a warning about this job",
+        "some other deprecation",
+    ]
 
 
 # --------------------------------------------------------------------------- ProgressLog
@@ -124,7 +124,9 @@ class TinyClassifier(L.LightningModule):
 def tiny_fit(callback: ProgressLog, tmp_path: Path, epochs: int = 2) -> L.Trainer:
     """40 random samples in batches of 8: 5 steps an epoch."""
     generator = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(40, 4, generator=generator), torch.randint(0, 3, (40,), generator=generator))
+    data = TensorDataset(
+        torch.randn(40, 4, generator=generator), torch.randint(0, 3, (40,), generator=generator)
+    )
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -204,7 +206,9 @@ def piped_train(tmp_path: Path, *extra: str) -> str:
         f"hydra.run.dir={tmp_path / 'run'}",
         *extra,
     ]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     return output

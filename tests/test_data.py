@@ -139,7 +139,7 @@ def test_bad_choices_are_refused(built):
 
 
 # ----------------------------------------------------------------------------- prepare_data
-def test_prepare_data_builds_then_is_a_quick_no_op(built, monkeypatch):
+def test_prepare_data_builds_then_is_a_no_op(built, monkeypatch):
     cfg, out, _ = built
     assert (out / "recipe.csv").is_file() and (out / "config.yaml").is_file()
     manifest = out / "manifest" / "shard-0-of-1.csv"
@@ -149,9 +149,7 @@ def test_prepare_data_builds_then_is_a_quick_no_op(built, monkeypatch):
         raise AssertionError("a complete dataset must not be built again")
 
     monkeypatch.setattr(modules, "run_build", no_build)
-    start = time.perf_counter()
     make_module(cfg).prepare_data()
-    assert time.perf_counter() - start < 2.0
     assert manifest.stat().st_mtime_ns == stamp
     # A different dataset in the same folder is not "complete": the build would run (and refuse).
     other = make_module(cfg, generate={"dataset": {"counts": {"test": TEST + 1}}})

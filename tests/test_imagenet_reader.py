@@ -382,10 +382,8 @@ def test_missing_root_and_kaggle_hint(tmp_path):
     assert str(tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "train") in str(err.value)
 
 
-def test_header_reads_are_fast_enough(tmp_path):
-    """Tens of thousands of headers per minute per core: 300 files well under 2 s on one worker."""
-    import time
-
+def test_reads_the_headers_of_many_files(tmp_path):
+    """300 files on one worker, every one counted with its box (speed: benchmarks/bench_scores.py)."""
     write_synsets(tmp_path / "LOC_synset_mapping.txt")
     data = image_bytes((500, 375))
     for i in range(300):
@@ -397,9 +395,7 @@ def test_header_reads_are_fast_enough(tmp_path):
         {f"{TENCH}_{i}": [(TENCH, (1, 2, 3, 4))] for i in range(300)},
     )
     write_loc_csv(tmp_path / "LOC_val_solution.csv", {})
-    start = time.perf_counter()
     index = load(tmp_path)
-    assert time.perf_counter() - start < 2.0
     assert index.counts()["train"] == {"images": 300, "with_boxes": 300, "without_boxes": 0}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -262,9 +261,10 @@ def test_figures_of_an_empty_index(tmp_path):
         assert (tmp_path / name).read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_a_million_boxes_in_seconds():
+def test_many_boxes_are_all_scored():
+    """Every box of many images is counted (the speed on a million: benchmarks/bench_scores.py)."""
     rng = np.random.default_rng(1)
-    n = 250_000  # images, 4 boxes each
+    n = 5_000  # images, 4 boxes each
     x0 = rng.uniform(0, 50, size=(n, 4))
     y0 = rng.uniform(0, 50, size=(n, 4))
     records = [
@@ -281,13 +281,11 @@ def test_a_million_boxes_in_seconds():
         for i in range(n)
     ]
     index = SourceIndex(Path("/nowhere"), [], records)
-    start = time.process_time()
     scores = bias_scores(index)
-    elapsed = time.process_time() - start
     assert scores["n_objects"].sum() == 4 * n
+    assert scores["n_images"].sum() == n
     # every box is 50x50 in a 100x100 image
     assert scores["size_score"].tolist() == pytest.approx([0.25, 0.25])
-    assert elapsed < 20, f"{elapsed:.1f} s of CPU for a million boxes"
 
 
 # --- hsi-scores end to end on a tiny ImageNet-layout tree -----------------------------------------
@@ -383,11 +381,15 @@ def test_config_composes_with_the_synthetic_source_by_default(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from hsi.sources.synthetic import SyntheticSource
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("scores", overrides=[f"source.root={tmp_path}"])
     assert cfg.source._target_ == "hsi.sources.synthetic.SyntheticSource"
     assert cfg.scatter_split == "val" and cfg.heatmap_split is None
-    assert hasattr(instantiate(cfg.source), "load")
+    source = instantiate(cfg.source)
+    assert isinstance(source, SyntheticSource) and source.root == tmp_path
+    assert source.generation["num_classes"] == cfg.source.num_classes
 
 
 def _scores_from_files(root: Path) -> dict[tuple[str, str], tuple[float, float, int, int]]:

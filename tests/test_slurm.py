@@ -9,16 +9,34 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from helpers import (
+    BIN,
+    FAST,
+    ROOT,
+    TINY,
+    check_results,
+    compose_train,
+    hsi_data,
+    hsi_train,
+    make_cfg,
+    source_overrides,
+    tree,
+)
 from hydra.utils import instantiate
-from test_train import FAST, check_results, compose_train, hsi_data, hsi_train
 
 from hsi.results import read_results
 
-ROOT = Path(__file__).resolve().parents[1]
 SLURM_UP = ROOT / ".ci" / "slurm-up.sh"
+# one CPU job of 2 GB and 10 minutes per task, no GPU
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=10",
+]
 
 
 def slurm_problem() -> str | None:
@@ -56,9 +74,8 @@ def test_two_job_multirun_on_slurm_writes_both_results(slurm, tmp_path):
     # Build the dataset first: two jobs must not both build the same folder.
     instantiate(compose_train([*hsi_data(tmp_path), "out=/x"]).data).prepare_data()
     sweep = tmp_path / "sweep"
-    hsi_train(["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-               "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "seed=0,1", "ckpt_path=last",
-               *hsi_data(tmp_path), *FAST, f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    sweep_args = ["-m", *LAUNCHER, "seed=0,1", "ckpt_path=last", f"hydra.sweep.dir={sweep}"]
+    hsi_train([*sweep_args, *hsi_data(tmp_path), *FAST], tmp_path)
     job_ids = set()
     for job, seed in (("0", 0), ("1", 1)):
         results = read_results(sweep / job)
@@ -74,8 +91,6 @@ def test_two_job_multirun_on_slurm_writes_both_results(slurm, tmp_path):
 def test_generation_shards_as_a_slurm_array_match_one_local_build(slurm, tmp_path):
     """The README's SLURM recipe: `hsi-generate -m hydra/launcher=slurm shard=0,1 num_shards=2`,
     then `validate`; the array's assets are the bytes of a one-process build."""
-    from test_build import make_cfg, source_overrides, tree
-
     from hsi.build import run_build
     from hsi.sources import load_source
 
@@ -84,19 +99,26 @@ def test_generation_shards_as_a_slurm_array_match_one_local_build(slurm, tmp_pat
     reference = tmp_path / "reference"
     run_build(make_cfg(reference, source))
     out = tmp_path / "sharded"
-    # generation parameters as test_build's TINY, on the command line of the CLI
-    tiny = ["dataset.resolution=64", "dataset.counts.train.easy=2", "dataset.counts.train.medium=1",
-            "dataset.counts.train.hard=1", "dataset.counts.val=1", "dataset.counts.test=2",
-            "progress=false"]  # fmt: skip
-    launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-                "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10"]  # fmt: skip
-    command = [str(ROOT / ".venv" / "bin" / "hsi-generate"), "-m", *launcher, f"out={out}",
-               *source_overrides(source), *tiny, "num_shards=2", "shard=0,1"]  # fmt: skip
+    command = [
+        str(BIN / "hsi-generate"),
+        "-m",
+        *LAUNCHER,
+        f"out={out}",
+        *source_overrides(source),
+        *TINY,
+        "num_shards=2",
+        "shard=0,1",
+    ]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     manifests = sorted(p.name for p in (out / "manifest").iterdir())
     assert manifests == ["shard-0-of-2.csv", "shard-1-of-2.csv"], manifests
     assert tree(out / "assets") == tree(reference / "assets")
-    check = subprocess.run([command[0], "validate", f"out={out}"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    check = subprocess.run(
+        [command[0], "validate", f"out={out}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]

@@ -10,9 +10,7 @@ sizes 8/12/16; per class 3 train samples per Easy group and 1 per Medium/Hard gr
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +19,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from helpers import (
+    ALL_GROUPS,
+    BATCH,
+    BATCHES_PER_EPOCH,
+    CLASSES,
+    CONF,
+    EASY_GROUPS,
+    FAST,
+    SIZES,
+    TEST,
+    TRAIN_SAMPLES,
+    check_results,
+    compose_train,
+    hsi_data,
+    hsi_train,
+    source_data,
+)
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
@@ -32,125 +46,13 @@ from hsi.models import create_model
 from hsi.results import find_results, flat_metrics, read_results, write_results
 from hsi.train import check_run_folder, data_key, make_datamodule, resolve_checkpoint, train
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 # Lightning notices srun on a machine with SLURM installed; these runs are not SLURM jobs.
 pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command is available")
-HSI_TRAIN = Path(sys.executable).parent / "hsi-train"  # the installed console script
-CLASSES, RESOLUTION, SIZES, BATCH = 3, 32, (8, 12, 16), 16
-EASY, MEDIUM, HARD, VAL, TEST = 3, 1, 1, 1, 2
-TRAIN_SAMPLES = CLASSES * (4 * EASY + 4 * MEDIUM + 4 * HARD)  # 60 (4 Medium and 4 Hard groups)
-BATCHES_PER_EPOCH = -(-TRAIN_SAMPLES // BATCH)  # 4
-# SPEC §4 at sizes 8/12/16: Easy = CeO/CoO at 12 and 16, Hard = CeR/CoR at 8 and 12.
-EASY_GROUPS = [f"{p}_{s}" for s in (12, 16) for p in ("CeO", "CoO")]
-HARD_GROUPS = [f"{p}_{s}" for s in (8, 12) for p in ("CeR", "CoR")]
-ALL_GROUPS = [f"{p}_{s}" for s in SIZES for p in PLACEMENTS]
-MEDIUM_GROUPS = [g for g in ALL_GROUPS if g not in EASY_GROUPS + HARD_GROUPS]
-ALL_GROUPS_IN_ID_ORDER = [g.name for g in make_groups(SIZES)]  # group id order
-
-
-def source_keys(prefix: str, tmp: Path) -> list[str]:
-    return [
-        f"{prefix}.root={tmp / 'source'}",
-        f"{prefix}.num_classes={CLASSES}",
-        f"{prefix}.train_per_class=32",
-        f"{prefix}.val_per_class=2",
-        f"{prefix}.progress=false",
-    ]
-
-
-def hsi_data(tmp: Path) -> list[str]:
-    # The folder is not called `hsi`: in the working directory of a `python -m` job (a SLURM job
-    # of submitit) a folder of that name would shadow the package.
-    return [
-        f"data.generate.out={tmp / 'hsi_data'}",
-        "data.generate.progress=false",
-        f"data.generate.dataset.resolution={RESOLUTION}",
-        f"data.generate.dataset.counts.train.easy={EASY}",
-        f"data.generate.dataset.counts.train.medium={MEDIUM}",
-        f"data.generate.dataset.counts.train.hard={HARD}",
-        f"data.generate.dataset.counts.val={VAL}",
-        f"data.generate.dataset.counts.test={TEST}",
-        f"data.batch_size={BATCH}",
-        *source_keys("data.generate.source", tmp),
-    ]
-
-
-def source_data(tmp: Path) -> list[str]:
-    return [
-        "data=source",
-        f"data.resolution={RESOLUTION}",
-        f"data.batch_size={BATCH}",
-        *source_keys("data.source", tmp),
-    ]
-
-
-FAST = [
-    "model=resnet10t",
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "trainer.log_every_n_steps=1",
-    "method.epochs=1",
-]
-
-
-def compose_train(overrides: list[str], hydra_node: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=hydra_node)
 
 
 def run_inprocess(overrides: list[str], out: Path, callbacks=()) -> dict:
     """hsi.train.train on the composed config (what the CLI does, without a new interpreter)."""
     return train(compose_train([*overrides, f"out={out}"]), callbacks=callbacks)
-
-
-def hsi_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """The real `hsi-train` command; fails the test with its output when it exits non-zero."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [str(HSI_TRAIN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, (
-        f"hsi-train {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    )
-    return proc
-
-
-def check_metrics(metrics: dict, groups: bool = True) -> None:
-    """Ranges, and the pooled numbers recomputed from the 12 group accuracies by hand: every
-    val and test group holds the same number of samples, so pooled accuracy = their mean."""
-    assert metrics and all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
-    if not groups:
-        assert set(metrics) == {"acc", "worst_group_acc", "mean_group_acc"}
-        assert metrics["acc"] == metrics["worst_group_acc"] == metrics["mean_group_acc"]
-        return
-    per_group = {g: metrics[f"group/{g}"] for g in ALL_GROUPS}
-    values = np.array(list(per_group.values()))
-    assert metrics["worst_group_acc"] == pytest.approx(values.min(), abs=1e-6)
-    assert metrics["mean_group_acc"] == pytest.approx(values.mean(), abs=1e-6)
-    assert metrics["acc"] == pytest.approx(values.mean(), abs=1e-6)
-    for name, members in (("easy", EASY_GROUPS), ("medium", MEDIUM_GROUPS), ("hard", HARD_GROUPS)):
-        assert metrics[f"acc_{name}"] == pytest.approx(
-            np.mean([per_group[g] for g in members]), abs=1e-6
-        )
-    for size in SIZES:
-        expected = np.mean([per_group[f"{p}_{size}"] for p in PLACEMENTS])
-        assert metrics[f"acc_size_{size}"] == pytest.approx(expected, abs=1e-6)
-
-
-def check_results(
-    results: dict, method: str, run_dir: Path, seed: int = 0, groups: bool = True
-) -> None:
-    assert results["status"] == "complete"
-    assert results["method"] == method and results["seed"] == seed == results["config"]["seed"]
-    assert Path(results["run_dir"]) == run_dir.resolve()
-    assert results["model"] == "resnet10t" and results["num_classes"] == CLASSES
-    assert results["groups"] == (ALL_GROUPS_IN_ID_ORDER if groups else None)
-    for split in ("val", "test"):
-        check_metrics(results[split], groups)
-    for path in results["checkpoints"].values():
-        assert Path(path).is_file(), path
 
 
 # ============================================================================ configs
@@ -203,7 +105,8 @@ def test_every_config_of_every_group_composes_resolves_and_builds(choice):
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert resolved["out"] == "/tmp/run" and resolved["seed"] == 0
     dm = make_datamodule(cfg)  # constructors check their arguments; no data is read
-    assert hasattr(dm, "prepare_data") and dm.batch_size >= 1
+    assert isinstance(dm, get_class(cfg.data._target_))
+    assert dm.batch_size == cfg.data.batch_size
     factory = instantiate(cfg.model)
     assert factory.func is create_model and factory.keywords["name"]
     if cfg.method.algorithm != "evaluate":  # method=pretrained trains nothing

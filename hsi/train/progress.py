@@ -48,7 +48,9 @@ class ProgressLog(Callback):
         tty: bool | None = None,
     ) -> None:
         if every_n_steps is not None and int(every_n_steps) < 1:
-            raise ValueError(f"ProgressLog every_n_steps={every_n_steps}: give a number >= 1 or null")
+            raise ValueError(
+                f"ProgressLog every_n_steps={every_n_steps}: give a number >= 1 or null"
+            )
         self.every_n_steps = int(every_n_steps) if every_n_steps is not None else None
         self.interval_s = default_interval() if interval_s is None else float(interval_s)
         self.metrics = tuple(metrics)
@@ -79,7 +81,11 @@ class ProgressLog(Callback):
         self._reset(int(trainer.global_step))  # a resumed fit's rate counts only its own steps
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         if not self.enabled:
@@ -90,7 +96,9 @@ class ProgressLog(Callback):
             self._loss_sum += loss
             self._loss_n += 1
         step, now = int(trainer.global_step), time.monotonic()
-        by_steps = self.every_n_steps is not None and step - self._line_at_step >= self.every_n_steps
+        by_steps = (
+            self.every_n_steps is not None and step - self._line_at_step >= self.every_n_steps
+        )
         if by_steps or now - self._line_at_time >= self.interval_s:
             log.info(self._step_line(trainer, now))
 
