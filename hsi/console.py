@@ -6,8 +6,8 @@ the messages a user of hsi cannot act on:
 
 - Lightning's device lines (``GPU available: …``, ``TPU available: …``) and its product tips
   (``💡 Tip: … litlogger / litmodels …``), logged through ``lightning.*.utilities.rank_zero``;
-- Lightning's ``srun`` hint (a SLURM machine where the job was started without ``srun``, as
-  every submitit job and every login-node run is);
+- Lightning's ``srun`` hint, printed on any machine with SLURM installed when a job was not
+  started by ``srun`` (a run on a login node; hsi's SLURM jobs go through submitit);
 - the ``LeafSpec`` FutureWarning that Lightning's own ``utilities/_pytree.py`` triggers in torch
   on every fit, and the few other warnings listed in :data:`QUIET_WARNINGS`.
 
@@ -29,10 +29,8 @@ import warnings
 QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # torch deprecated LeafSpec; Lightning's utilities/_pytree.py still builds one on every batch
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
-    # Lightning on a machine with SLURM installed: submitit jobs and local runs are meant so
+    # Lightning on a machine with SLURM installed, for a job not started by srun: meant so
     (r"The `srun` command is available on your system but is not used", Warning),
-    # Lightning's advice to raise num_workers: data.num_workers is chosen per machine already
-    (r"The '\w+_dataloader' does not have many workers", Warning),
     # Lightning, when an epoch (the demo's, a debug run's) has fewer batches than log_every_n_steps
     (r"The number of training batches \(\d+\) is smaller than the logging interval", Warning),
 )
