@@ -188,6 +188,7 @@ def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the build
+@pytest.mark.slow
 def test_same_bytes_for_any_number_of_shards_and_workers(reference, source_root, tmp_path):
     sharded = tmp_path / "sharded"
     parts = [
@@ -260,6 +261,7 @@ def spawned_workers(pid: int) -> list[int]:
     return sorted(found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["build", "worker"])
 def test_killed_build_resumes_to_identical_bytes(
     victim, reference, source_root, tmp_path, monkeypatch

@@ -430,6 +430,7 @@ def blobs(n: int, seed: int, dim: int = 16, num_classes: int = 3):
     return (X * np.linspace(0.5, 3, dim) + np.linspace(-2, 5, dim)).astype(np.float32), y
 
 
+@pytest.mark.slow
 def test_fit_dfr_paper_scaler_penalty_and_determinism():
     X, y = blobs(300, seed=0)
     rng_state = torch.get_rng_state()

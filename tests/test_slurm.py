@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from hsi.results import read_results
 
 SLURM_UP = ROOT / ".ci" / "slurm-up.sh"
+# starting the cluster may take up to 15 minutes (its own timeout), then the jobs queue
+pytestmark = pytest.mark.timeout(1800)
 # one CPU job of 2 GB and 10 minutes per task, no GPU
 LAUNCHER = [
     "hydra/launcher=slurm",

@@ -363,6 +363,7 @@ def test_workers_do_not_change_bytes_and_seed_does(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the default source written twice: minutes on a loaded CPU
 def test_default_source_is_byte_identical_for_any_workers(tmp_path: Path) -> None:
     one = hashes(write_synthetic(tmp_path / "one", workers=1, progress=False))
     two = hashes(write_synthetic(tmp_path / "two", workers=2, progress=False))
@@ -465,6 +466,7 @@ def test_configs_agree_with_the_library() -> None:
         synth = OmegaConf.to_container(compose("synth"))
     source = OmegaConf.to_container(OmegaConf.load(conf / "source/synthetic.yaml"))
     assert synth.pop("out") == "data/synthetic" == source.pop("root")
+    assert synth.pop("verbose") is False  # the console's key (hsi/console.py), not the source's
     assert source.pop("_target_") == "hsi.sources.synthetic.SyntheticSource"
     assert synth == source
     expected = dict(

@@ -323,6 +323,7 @@ def test_source_pretraining_run_writes_results_without_groups(source_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several hsi-train jobs
 def test_multirun_gives_each_job_its_own_folder_and_results(sweep_a, source_run):
     found = find_results(sweep_a)
     assert [p.parent.name for p in found] == ["0", "1", "2", "3"]
@@ -371,6 +372,7 @@ def test_erm_test_metrics_equal_a_recomputation_from_the_best_checkpoint(sweep_a
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several hsi-train jobs
 def test_pretrained_evaluates_the_source_model_as_it_is_on_the_groups(work, source_run):
     run = work / "pretrained_run"
     hsi_train([*hsi_data(work), *FAST, "method=pretrained", f"model.checkpoint={source_run}",
@@ -407,6 +409,7 @@ def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several hsi-train jobs
 def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
     sweep = work / "sweep_b"
     lambda_up = 3
@@ -449,6 +452,7 @@ def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several hsi-train jobs
 def test_dfr_paper_and_official_share_one_embedding_extraction(work, sweep_a):
     sweep, cache = work / "sweep_c", work / "cache"
     erm_run = sweep_a / "0"
