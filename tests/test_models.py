@@ -76,7 +76,9 @@ def test_small_models_instantiate_and_embed_at_64px(path):
 
 
 # resnet18's steps take over 5 s on a CPU; the smaller models stay in the quick run
-TRAIN_CASES = [pytest.param(p, marks=pytest.mark.slow) if p.stem == "resnet18" else p for p in SMALL]
+TRAIN_CASES = [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem == "resnet18" else p for p in SMALL
+]
 
 
 @pytest.mark.parametrize("path", TRAIN_CASES, ids=lambda p: p.stem)
