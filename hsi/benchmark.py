@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hsi.data.modules import HSIDataModule, SourceDataModule
+from hsi.data.modules import SourceDataModule
 from hsi.metrics import GroupAccuracy
 from hsi.models import HeadMismatchError, model_input_config
 from hsi.progress import Progress
@@ -52,8 +52,11 @@ def model_config(model_cfg: DictConfig | Mapping) -> dict[str, Any]:
     """
     from hsi.train import resolve_checkpoint
 
-    node = (OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig)
-            else dict(model_cfg))  # fmt: skip
+    node = (
+        OmegaConf.to_container(model_cfg, resolve=True)
+        if isinstance(model_cfg, DictConfig)
+        else dict(model_cfg)
+    )
     given = node.get("checkpoint")
     if not given:
         return node
@@ -62,8 +65,12 @@ def model_config(model_cfg: DictConfig | Mapping) -> dict[str, Any]:
         own = _run_model_config(folder)
         if own is not None:
             if own.get("name") != node.get("name"):
-                log.info("model.checkpoint=%s: its own model %s is used (not %s)", folder,
-                         own.get("name"), node.get("name"))  # fmt: skip
+                log.info(
+                    "model.checkpoint=%s: its own model %s is used (not %s)",
+                    folder,
+                    own.get("name"),
+                    node.get("name"),
+                )
             node = {**own, "pretrained": False, "weights": None}
     node["checkpoint"] = str(resolve_checkpoint(given, "model.checkpoint", RUN_CHECKPOINTS))
     return node
@@ -82,8 +89,9 @@ def _run_model_config(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def load_model(node: Mapping[str, Any], source_classes: int | None, dataset_classes: int
-               ) -> tuple[nn.Module, bool]:  # fmt: skip
+def load_model(
+    node: Mapping[str, Any], source_classes: int | None, dataset_classes: int
+) -> tuple[nn.Module, bool]:
     """The network and whether its head is the source's (True) or the dataset's own (False)."""
     factory = instantiate(dict(node))
     if source_classes is not None:
@@ -92,8 +100,11 @@ def load_model(node: Mapping[str, Any], source_classes: int | None, dataset_clas
         except HeadMismatchError as err:
             if source_classes == dataset_classes:
                 raise
-            log.info("head is not the source's (%s); trying the dataset's %d classes", err,
-                     dataset_classes)  # fmt: skip
+            log.info(
+                "head is not the source's (%s); trying the dataset's %d classes",
+                err,
+                dataset_classes,
+            )
     return factory(num_classes=dataset_classes, require_head=True), False
 
 
@@ -183,9 +194,14 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     net, source_head = load_model(node, source.num_classes, hsi_dm.num_classes)
     net = net.to(device).to(memory_format=torch.channels_last)
     input_cfg = model_input_config(net)
-    loader_keys = dict(num_workers=workers, pin_memory=device.type == "cuda",
-                       eval_batch_size=int(cfg.batch_size), mean=input_cfg["mean"],
-                       std=input_cfg["std"], seed=int(cfg.seed))  # fmt: skip
+    loader_keys = dict(
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        eval_batch_size=int(cfg.batch_size),
+        mean=input_cfg["mean"],
+        std=input_cfg["std"],
+        seed=int(cfg.seed),
+    )
     hsi_dm = instantiate(cfg.data, **loader_keys)
     hsi_dm.setup("test")
     columns = subset_columns(hsi_dm.recipe) if source_head else None
@@ -193,38 +209,49 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for split in ("val", "test"):
         loader = hsi_dm.test_dataloader() if split == "test" else hsi_dm.val_dataloader()
-        results[split] = evaluate(net, loader, device, hsi_dm.groups, columns, f"{split} groups",
-                                  progress)  # fmt: skip
+        results[split] = evaluate(
+            net, loader, device, hsi_dm.groups, columns, f"{split} groups", progress
+        )
     if source_head:
-        clean_dm = SourceDataModule(cfg.data.generate.source, resolution=hsi_dm.resolution,
-                                    **loader_keys)  # fmt: skip
+        clean_dm = SourceDataModule(
+            cfg.data.generate.source, resolution=hsi_dm.resolution, **loader_keys
+        )
         clean_dm.setup("test")
         clean_loader = clean_dm.test_dataloader()
         clean = evaluate(net, clean_loader, device, desc="clean", progress=progress)
         results["clean"] = {"acc": clean["acc"], "samples": len(clean_loader.dataset)}
     else:
-        results["clean"] = {"acc": None, "samples": 0,
-                            "reason": "the head has the dataset's classes, not the source's"}  # fmt: skip
-    results.update({
-        "status": "complete",
-        "method": METHOD,
-        "algorithm": METHOD,
-        "model": str(cfg.label or node["name"]),
-        "model_name": str(node["name"]),
-        "checkpoint": str(Path(node["checkpoint"]).resolve()) if node.get("checkpoint") else None,
-        "data": _choice("data", "hsi"),
-        "num_classes": hsi_dm.num_classes,
-        "head_classes": source.num_classes if source_head else hsi_dm.num_classes,
-        "protocol": "subset" if source_head and columns != list(range(len(columns))) else "full",
-        "groups": [g.name for g in hsi_dm.groups],
-        "seed": int(cfg.seed),
-        "epochs": 0,
-        "run_dir": str(out.resolve()),
-        "device": device.type,
-        "workers": workers,
-        "seconds": round(time.time() - started, 3),
-        "config": {**OmegaConf.to_container(cfg, resolve=True), "model": node},
-    })  # fmt: skip
+        results["clean"] = {
+            "acc": None,
+            "samples": 0,
+            "reason": "the head has the dataset's classes, not the source's",
+        }
+    results.update(
+        {
+            "status": "complete",
+            "method": METHOD,
+            "algorithm": METHOD,
+            "model": str(cfg.label or node["name"]),
+            "model_name": str(node["name"]),
+            "checkpoint": str(Path(node["checkpoint"]).resolve())
+            if node.get("checkpoint")
+            else None,
+            "data": _choice("data", "hsi"),
+            "num_classes": hsi_dm.num_classes,
+            "head_classes": source.num_classes if source_head else hsi_dm.num_classes,
+            "protocol": "subset"
+            if source_head and columns != list(range(len(columns)))
+            else "full",
+            "groups": [g.name for g in hsi_dm.groups],
+            "seed": int(cfg.seed),
+            "epochs": 0,
+            "run_dir": str(out.resolve()),
+            "device": device.type,
+            "workers": workers,
+            "seconds": round(time.time() - started, 3),
+            "config": {**OmegaConf.to_container(cfg, resolve=True), "model": node},
+        }
+    )
     write_results(out, results)
     return results
 
@@ -232,6 +259,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
 def summary_line(results: Mapping[str, Any]) -> str:
     clean = results["clean"].get("acc")
     shown = "n/a" if clean is None else f"{clean:.4f}"
-    return (f"{results['model']} on {results['data']}: clean {shown} | test acc "
-            f"{results['test']['acc']:.4f} worst-group {results['test']['worst_group_acc']:.4f} "
-            f"-> {results['run_dir']}")  # fmt: skip
+    return (
+        f"{results['model']} on {results['data']}: clean {shown} | test acc "
+        f"{results['test']['acc']:.4f} worst-group {results['test']['worst_group_acc']:.4f} "
+        f"-> {results['run_dir']}"
+    )

@@ -35,18 +35,49 @@ def groups_of(base: float) -> dict[str, float]:
     return {f"group/{n}": round(base + 0.01 * i, 4) for i, n in enumerate(names)}
 
 
-def run(method, seed, easy, medium, hard, acc, worst, model="resnet18", data="hsi",
-        status="complete", lr=0.001, base=0.5, clean=None, **extra) -> dict:  # fmt: skip
-    test = {"acc_easy": easy, "acc_medium": medium, "acc_hard": hard, "acc": acc,
-            "worst_group_acc": worst, **groups_of(base)}  # fmt: skip
+def run(
+    method,
+    seed,
+    easy,
+    medium,
+    hard,
+    acc,
+    worst,
+    model="resnet18",
+    data="hsi",
+    status="complete",
+    lr=0.001,
+    base=0.5,
+    clean=None,
+    **extra,
+) -> dict:
+    test = {
+        "acc_easy": easy,
+        "acc_medium": medium,
+        "acc_hard": hard,
+        "acc": acc,
+        "worst_group_acc": worst,
+        **groups_of(base),
+    }
     results = {
-        "status": status, "method": method, "algorithm": extra.pop("algorithm", method),
-        "model": model, "data": data, "seed": seed, "num_classes": 10,
-        "groups": [f"{p}_{s}" for s in SIZES for p in PLACEMENTS], "val": {}, "test": test,
-        "config": {"seed": seed, "out": f"/runs/{method}/{seed}", "method": {"module": {"lr": lr}},
-                   "data": {"num_workers": 2 + seed, "seed": seed}},
+        "status": status,
+        "method": method,
+        "algorithm": extra.pop("algorithm", method),
+        "model": model,
+        "data": data,
+        "seed": seed,
+        "num_classes": 10,
+        "groups": [f"{p}_{s}" for s in SIZES for p in PLACEMENTS],
+        "val": {},
+        "test": test,
+        "config": {
+            "seed": seed,
+            "out": f"/runs/{method}/{seed}",
+            "method": {"module": {"lr": lr}},
+            "data": {"num_workers": 2 + seed, "seed": seed},
+        },
         **extra,
-    }  # fmt: skip
+    }
     if clean is not None:
         results["clean"] = {"acc": clean}
     return results
@@ -135,8 +166,19 @@ def test_group_table_and_mean_over_seeds():
 BENCH = [
     run("benchmark", 0, 0.7, 0.5, 0.2, 0.5, 0.0, model="resnet10t", base=0.30, clean=0.91),
     run("benchmark", 0, 0.8, 0.6, 0.3, 0.6, 0.1, model="convnext_atto", base=0.50, clean=0.955),
-    run("benchmark", 0, 0.6, 0.4, 0.1, 0.4, 0.0, model="resnet10t", data="hsi_v2", base=0.10,
-        clean=0.91),  # fmt: skip
+    run(
+        "benchmark",
+        0,
+        0.6,
+        0.4,
+        0.1,
+        0.4,
+        0.0,
+        model="resnet10t",
+        data="hsi_v2",
+        base=0.10,
+        clean=0.91,
+    ),
 ]
 
 
@@ -174,14 +216,30 @@ def _read(path: Path) -> bytes:
 
 def test_build_report_writes_every_table_and_figure_deterministically(tmp_path):
     runs = write_runs(tmp_path / "runs", [*BENCH, *TRAINED[:2], *TRAINED[5:]])
-    write_results(tmp_path / "runs" / "source", {"status": "complete", "method": "erm",
-                  "model": "resnet18", "seed": 0, "groups": None, "test": {"acc": 0.9}})  # fmt: skip
+    write_results(
+        tmp_path / "runs" / "source",
+        {
+            "status": "complete",
+            "method": "erm",
+            "model": "resnet18",
+            "seed": 0,
+            "groups": None,
+            "test": {"acc": 0.9},
+        },
+    )
     loaded = load_runs([runs])
     assert len(loaded) == 7  # the source run too, listed as not tabulated
     report = build_report(loaded, tmp_path / "a")
     names = sorted(p.relative_to(tmp_path / "a").as_posix() for p in report.files)
-    for stem in ("table1", "table5", "table6", "table3", "table3_values", "table4_erm",
-                 "table4_pretrained"):  # fmt: skip
+    for stem in (
+        "table1",
+        "table5",
+        "table6",
+        "table3",
+        "table3_values",
+        "table4_erm",
+        "table4_pretrained",
+    ):
         for ext in ("md", "csv", "tex"):
             assert f"tables/{stem}.{ext}" in names
     for stem in ("fig6_hsi", "fig6_hsi_v2"):
@@ -192,12 +250,15 @@ def test_build_report_writes_every_table_and_figure_deterministically(tmp_path):
     assert csv.loc["erm", "Easy std"] == pytest.approx(math.sqrt(50), abs=1e-4)
     assert csv.loc["erm", "seeds"] == 2
     table3 = (tmp_path / "a" / "tables" / "table3.md").read_text().splitlines()
-    assert table3[4] == "| erm | 75.00 ± 7.07 | 62.00 ± 2.83 | 45.00 ± 7.07 | 64.00 ± 2.83 | 20.00 ± 14.14 | 2 |"  # fmt: skip
+    assert (
+        table3[4]
+        == "| erm | 75.00 ± 7.07 | 62.00 ± 2.83 | 45.00 ± 7.07 | 64.00 ± 2.83 | 20.00 ± 14.14 | 2 |"
+    )
     table1 = pd.read_csv(tmp_path / "a" / "tables" / "table1.csv", index_col=0)
     assert table1["Clean"].to_dict() == pytest.approx({"resnet10t": 91.0, "convnext_atto": 95.5})
     readme = (tmp_path / "a" / "README.md").read_text()
     assert "Not tabulated (no group accuracies)" in readme and "source" in readme
-    again = build_report(loaded, tmp_path / "b")
+    build_report(loaded, tmp_path / "b")
     for path in report.files:
         twin = tmp_path / "b" / path.relative_to(tmp_path / "a")
         if path.name != "README.md":
@@ -211,8 +272,14 @@ def test_fig7_is_drawn_from_dfr_and_erm_variants(tmp_path):
 
 def test_hsi_report_command_prints_tables_and_refuses_incomplete_runs(tmp_path):
     runs = write_runs(tmp_path / "runs", [*BENCH[:2], *TRAINED[:2]])
-    cmd = [sys.executable, "-m", "hsi.cli.report", str(runs / "*"), f"out={tmp_path / 'rep'}",
-           "wandb=false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "hsi.cli.report",
+        str(runs / "*"),
+        f"out={tmp_path / 'rep'}",
+        "wandb=false",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| resnet10t | 16 | 91.00 | 30.00 | 31.00 | 32.00 | 33.00 |" in done.stdout

@@ -39,8 +39,11 @@ def run(cfg: DictConfig) -> str:
     include = bool(cfg.include_incomplete)
     runs = load_runs(sources, include_incomplete=include)
     report = build_report(runs, cfg.out, include_incomplete=include)
-    lines = [to_markdown(report.tables[n][1], report.tables[n][0]) for n in cfg.print
-             if n in report.tables]  # fmt: skip
+    lines = [
+        to_markdown(report.tables[n][1], report.tables[n][0])
+        for n in cfg.print
+        if n in report.tables
+    ]
     project = cfg.wandb_project or wandb_project(runs)
     if cfg.wandb is True or (cfg.wandb == "auto" and project):
         where = log_to_wandb(report, project or "hsi")

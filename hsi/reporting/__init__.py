@@ -1,6 +1,6 @@
 """The papers' tables and figures from run folders: discovery, tables, writers, figures, W&B.
 
-    from hsi.reporting import load_runs, category_tables, group_table, size_table, build_report
+from hsi.reporting import load_runs, category_tables, group_table, size_table, build_report
 """
 
 from hsi.reporting.report import Report, build_report, log_to_wandb

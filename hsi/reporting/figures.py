@@ -129,8 +129,14 @@ def plot_fig7(by_epochs: pd.DataFrame, variants: pd.DataFrame, title: str) -> Fi
     left.set_ylabel("test accuracy (%)")
     left.set_title("DFR vs ERM epochs")
     if variants.empty:
-        right.text(0.5, 0.5, "no ERM_easy/ERM/ERM_all runs", ha="center", va="center",
-                   transform=right.transAxes)  # fmt: skip
+        right.text(
+            0.5,
+            0.5,
+            "no ERM_easy/ERM/ERM_all runs",
+            ha="center",
+            va="center",
+            transform=right.transAxes,
+        )
     else:
         categories = ["Easy", "Medium", "Hard"]
         x = np.arange(len(categories))

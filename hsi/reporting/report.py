@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 
 BENCHMARK = "benchmark"  # results["method"] of hsi-benchmark runs
 SIZE_TABLE_NAMES = {"hsi": "table5", "hsi_v2": "table6", "hsi_sam": "table7"}
-DATA_TITLES = {"hsi": "Hard-Spurious-ImageNet", "hsi_v2": "Hard-Spurious-ImageNet-v2",
-               "hsi_sam": "Hard-Spurious-ImageNet (SAM masks)"}  # fmt: skip
+DATA_TITLES = {
+    "hsi": "Hard-Spurious-ImageNet",
+    "hsi_v2": "Hard-Spurious-ImageNet-v2",
+    "hsi_sam": "Hard-Spurious-ImageNet (SAM masks)",
+}
 
 
 @dataclass
@@ -114,8 +117,11 @@ def _size_tables(report: Report, runs: Sequence[Mapping[str, Any]], include: boo
     clean_table = pd.DataFrame(clean_rows, columns=["model", "data", CLEAN]).drop_duplicates(
         ["model"]
     )
-    report.add("table1", "Clean accuracy (%) on the source's val images (cf. Table 1)",
-               clean_table.set_index("model")[[CLEAN]])  # fmt: skip
+    report.add(
+        "table1",
+        "Clean accuracy (%) on the source's val images (cf. Table 1)",
+        clean_table.set_index("model")[[CLEAN]],
+    )
 
 
 def _method_tables(report: Report, runs: Sequence[Mapping[str, Any]], include: bool) -> None:
@@ -123,19 +129,27 @@ def _method_tables(report: Report, runs: Sequence[Mapping[str, Any]], include: b
     mean, std = category_tables(runs, label=label, include_incomplete=include)
     mean.index.name = std.index.name = "method"
     shown = mean_std_table(mean, std)
-    report.tables["table3"] = ("Test accuracy (%) by category, mean ± std over seeds (cf. Tables 3 and 8)", shown)  # fmt: skip
+    report.tables["table3"] = (
+        "Test accuracy (%) by category, mean ± std over seeds (cf. Tables 3 and 8)",
+        shown,
+    )
     full = mean.drop(columns="seeds").join(std.add_suffix(" std")).join(mean["seeds"])
     report.files += write_table(full, report.folder / "tables", "table3_values", "Table 3 values")
-    report.files += write_table(shown, report.folder / "tables", "table3",
-                                report.tables["table3"][0])  # fmt: skip
+    report.files += write_table(
+        shown, report.folder / "tables", "table3", report.tables["table3"][0]
+    )
     for row, members in pooled_rows(runs, label, include).items():
         table, seeds = mean_group_table(members)
-        report.add(f"table4_{_slug(row)}",
-                   f"{row}: test accuracy (%) of the 12 groups, {seeds} seed(s) (cf. Table 4)", table)  # fmt: skip
+        report.add(
+            f"table4_{_slug(row)}",
+            f"{row}: test accuracy (%) of the 12 groups, {seeds} seed(s) (cf. Table 4)",
+            table,
+        )
     by_epochs, variants = dfr_by_epochs(runs), erm_variants(runs)
     if not (by_epochs.empty and variants.empty):
-        report.files += save_figure(plot_fig7(by_epochs, variants, "cf. Fig. 7"),
-                                    report.folder / "figures" / "fig7")  # fmt: skip
+        report.files += save_figure(
+            plot_fig7(by_epochs, variants, "cf. Fig. 7"), report.folder / "figures" / "fig7"
+        )
 
 
 def build_report(
@@ -148,8 +162,9 @@ def build_report(
     report = Report(Path(folder))
     bench = [r for r in runs if r.get("method") == BENCHMARK]
     trained = [r for r in runs if r.get("method") != BENCHMARK and r.get("groups")]
-    report.skipped = [str(r.get("run_dir")) for r in runs
-                      if r.get("method") != BENCHMARK and not r.get("groups")]  # fmt: skip
+    report.skipped = [
+        str(r.get("run_dir")) for r in runs if r.get("method") != BENCHMARK and not r.get("groups")
+    ]
     if bench:
         _size_tables(report, bench, include_incomplete)
     if trained:
@@ -170,8 +185,11 @@ def summary(report: Report, runs: Sequence[Mapping[str, Any]]) -> str:
     if figures:
         parts += ["**Figures** (figures/, PNG and PDF): " + ", ".join(figures), ""]
     parts += ["**Runs**", ""]
-    parts += [f"- {r.get('method')} {r.get('model')} data={r.get('data')} seed={r.get('seed')} "
-              f"status={r.get('status')}: {r.get('run_dir')}" for r in runs]  # fmt: skip
+    parts += [
+        f"- {r.get('method')} {r.get('model')} data={r.get('data')} seed={r.get('seed')} "
+        f"status={r.get('status')}: {r.get('run_dir')}"
+        for r in runs
+    ]
     if report.skipped:
         parts += ["", "Not tabulated (no group accuracies): " + ", ".join(report.skipped)]
     return "\n".join(parts) + "\n"
@@ -182,8 +200,14 @@ def log_to_wandb(report: Report, project: str, name: str | None = None, **init: 
     returns the run's folder. Offline unless W&B is configured to sync (WANDB_MODE)."""
     import wandb
 
-    run = wandb.init(project=project, name=name, job_type="report", dir=str(report.folder),
-                     reinit="create_new", **init)  # fmt: skip
+    run = wandb.init(
+        project=project,
+        name=name,
+        job_type="report",
+        dir=str(report.folder),
+        reinit="create_new",
+        **init,
+    )
     try:
         for key, (_, table) in report.tables.items():
             frame = table.reset_index()

@@ -27,11 +27,25 @@ COMPLETE = "complete"
 # (loaders, progress bars, logging) which does not change the numbers.
 FREE_KEYS = {"seed", "out", "ckpt_path", "task_name", "run_dir"}
 FREE_SUFFIXES = (
-    ".seed", "erm_checkpoint", ".root", ".out", ".save_dir", ".dir", ".progress", ".workers",
-    "num_workers", "pin_memory", "persistent_workers", "eval_batch_size",
-    "enable_progress_bar", "enable_model_summary", "log_every_n_steps", ".shard", ".num_shards",
+    ".seed",
+    "erm_checkpoint",
+    ".root",
+    ".out",
+    ".save_dir",
+    ".dir",
+    ".progress",
+    ".workers",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "eval_batch_size",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    ".shard",
+    ".num_shards",
     "export_dir",
-)  # fmt: skip
+)
 FREE_PREFIXES = ("logger.", "hydra.", "trainer.accelerator", "trainer.devices")
 
 
@@ -79,7 +93,9 @@ def load_runs(
 
 
 def _where(run: Mapping[str, Any]) -> str:
-    return str(run.get("run_dir") or f"{run.get('method')} {run.get('model')} seed={run.get('seed')}")
+    return str(
+        run.get("run_dir") or f"{run.get('method')} {run.get('model')} seed={run.get('seed')}"
+    )
 
 
 def check_complete(
@@ -141,7 +157,7 @@ def check_poolable(runs: Sequence[Mapping[str, Any]], row: str) -> None:
         raise RunSelectionError(
             f"row {row!r}: two runs with seed {repeated[0]} ({', '.join(_where(r) for r in runs if r.get('seed') == repeated[0])}): "
             f"they are not seeds of one setting; give each setting its own row label"
-        )  # fmt: skip
+        )
     differ = mixed_keys(runs)
     if differ:
         shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")

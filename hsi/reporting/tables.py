@@ -71,10 +71,13 @@ def category_tables(
     """
     rows = pooled_rows(runs, label, include_incomplete)
     records = [
-        {"row": row, **{title: _percent(run[split].get(key)) for title, key in CATEGORY_COLUMNS.items()}}
+        {
+            "row": row,
+            **{title: _percent(run[split].get(key)) for title, key in CATEGORY_COLUMNS.items()},
+        }
         for row, members in rows.items()
         for run in members
-    ]  # fmt: skip
+    ]
     frame = pd.DataFrame(records)
     grouped = frame.groupby("row", sort=False)
     order = list(rows)

@@ -32,8 +32,10 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     for key, row in zip(table.index, table.itertuples(index=False), strict=True):
         key = key if isinstance(key, tuple) else (key,)
         first = previous is None or key[0] != previous[0]
-        index_cells = [_cell(k) if (level == len(key) - 1 or first or key[level] != previous[level])
-                       else "" for level, k in enumerate(key)]  # fmt: skip
+        index_cells = [
+            _cell(k) if (level == len(key) - 1 or first or key[level] != previous[level]) else ""
+            for level, k in enumerate(key)
+        ]
         cells = [
             "" if (column in merge and not first) else _cell(value)
             for column, value in zip(table.columns, row, strict=True)
@@ -45,15 +47,27 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     header, body = display_rows(table)
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join(":---" if i < table.index.nlevels else "---:" for i in range(len(header))) + "|"]  # fmt: skip
+    lines = [
+        f"**{title}**",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join(":---" if i < table.index.nlevels else "---:" for i in range(len(header)))
+        + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
 def _latex_escape(text: str) -> str:
-    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                          ("#", r"\#"), ("±", r"$\pm$")):  # fmt: skip
+    for char, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("±", r"$\pm$"),
+    ):
         text = text.replace(char, escaped)
     return text
 
@@ -63,9 +77,15 @@ def to_latex(table: pd.DataFrame, title: str) -> str:
     header, body = display_rows(table)
     levels = table.index.nlevels
     spec = "l" * levels + "r" * (len(header) - levels)
-    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_latex_escape(title)}}}",
-             f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]  # fmt: skip
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        f"\\caption{{{_latex_escape(title)}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(_latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     for i, row in enumerate(body):
         if i and levels > 1 and row[0]:
             lines.append(r"\midrule")  # a new block (model)
