@@ -214,6 +214,7 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_build_report_writes_every_table_and_figure_deterministically(tmp_path):
     runs = write_runs(tmp_path / "runs", [*BENCH, *TRAINED[:2], *TRAINED[5:]])
     write_results(
@@ -244,7 +245,7 @@ def test_build_report_writes_every_table_and_figure_deterministically(tmp_path):
             assert f"tables/{stem}.{ext}" in names
     for stem in ("fig6_hsi", "fig6_hsi_v2"):
         assert f"figures/{stem}.png" in names and f"figures/{stem}.pdf" in names
-    assert "figures/fig7.png" not in names  # no DFR / ERM_easy / ERM_all... but ERM is there
+    assert "figures/fig7.png" in names  # its right panel: the ERM runs (no DFR runs: left says so)
     csv = pd.read_csv(tmp_path / "a" / "tables" / "table3_values.csv", index_col=0)
     assert csv.loc["erm", "Easy"] == pytest.approx(75.0)
     assert csv.loc["erm", "Easy std"] == pytest.approx(math.sqrt(50), abs=1e-4)
@@ -270,6 +271,7 @@ def test_fig7_is_drawn_from_dfr_and_erm_variants(tmp_path):
     assert {p.name for p in report.files} >= {"fig7.png", "fig7.pdf"}
 
 
+@pytest.mark.slow
 def test_hsi_report_command_prints_tables_and_refuses_incomplete_runs(tmp_path):
     runs = write_runs(tmp_path / "runs", [*BENCH[:2], *TRAINED[:2]])
     cmd = [
@@ -293,6 +295,7 @@ def test_hsi_report_command_prints_tables_and_refuses_incomplete_runs(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_gets_the_same_tables(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     from hsi.reporting import log_to_wandb
