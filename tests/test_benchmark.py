@@ -210,3 +210,47 @@ def test_two_tiny_models_give_the_table5_layout_end_to_end(tmp_path):
                 assert table.loc[(name, size), placement] == pytest.approx(expected)
     assert (tmp_path / "report" / "tables" / "table5.tex").is_file()
     assert (tmp_path / "report" / "figures" / "fig6_hsi.pdf").is_file()
+
+
+ZOO = {"resnet10t": "resnet10t", "convnext": "convnext_atto", "vit": "vit_tiny_patch16_224"}
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize("key", sorted(ZOO))
+def test_demo_zoo_experiments_compose_and_build_their_model(key):
+    cfg = compose_train([f"experiment=demo_zoo_{key}"])
+    assert cfg.model.name == ZOO[key]
+    assert cfg.data._target_ == "hsi.data.SourceDataModule" and cfg.data.resolution == 64
+    assert cfg.data.val_fraction == 0.1  # selection on held-out train images, as demo_source
+    net = instantiate(cfg.model)(num_classes=10)
+    assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_a_demo_zoo_model_trains_one_debug_epoch(tmp_path):
+    from hsi.train import train
+
+    cfg = compose_train(
+        [
+            "experiment=demo_zoo_vit",
+            "trainer=debug",
+            f"data.source.root={tmp_path / 'source'}",
+            "data.source.num_classes=3",
+            "data.source.train_per_class=10",
+            "data.source.val_per_class=2",
+            "data.source.progress=false",
+            "logger=none",
+            f"out={tmp_path / 'run'}",
+        ]
+    )
+    results = train(cfg)
+    assert results["status"] == "complete" and results["model"] == "vit_tiny_patch16_224"
+    assert results["epochs"] == 1 and 0.0 <= results["test"]["acc"] <= 1.0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    # the run folder brings its own ViT config (img_size 64, 8 px patches) to hsi-benchmark
+    node = model_config({"name": "resnet18", "checkpoint": str(tmp_path / "run")})
+    assert node["name"] == "vit_tiny_patch16_224" and node["patch_size"] == 8
