@@ -254,3 +254,12 @@ def test_a_demo_zoo_model_trains_one_debug_epoch(tmp_path):
     # the run folder brings its own ViT config (img_size 64, 8 px patches) to hsi-benchmark
     node = model_config({"name": "resnet18", "checkpoint": str(tmp_path / "run")})
     assert node["name"] == "vit_tiny_patch16_224" and node["patch_size"] == 8
+
+
+@pytest.mark.parametrize("data", ["hsi", "hsi_v2", "hsi_sam"])
+def test_paper_benchmark_is_imagenet_at_224_for_every_dataset(data):
+    cfg = compose_benchmark(["experiment=paper_benchmark", f"data={data}", "model=resnet50"])
+    assert cfg.data.generate.dataset.name == data
+    assert cfg.data.generate.source._target_ == "hsi.sources.imagenet.ImageNetSource"
+    assert cfg.data.generate.dataset.resolution == 224
+    assert cfg.model.name == "resnet50.tv_in1k"

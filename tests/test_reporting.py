@@ -179,6 +179,7 @@ BENCH = [
         base=0.10,
         clean=0.91,
     ),
+    run("benchmark", 0, 0.6, 0.4, 0.1, 0.4, 0.0, model="resnet10t", data="hsi_sam", clean=0.91),
 ]
 
 
@@ -229,7 +230,7 @@ def test_build_report_writes_every_table_and_figure_deterministically(tmp_path):
         },
     )
     loaded = load_runs([runs])
-    assert len(loaded) == 7  # the source run too, listed as not tabulated
+    assert len(loaded) == 8  # the source run too, listed as not tabulated
     report = build_report(loaded, tmp_path / "a")
     names = sorted(p.relative_to(tmp_path / "a").as_posix() for p in report.files)
     for stem in (
@@ -243,7 +244,8 @@ def test_build_report_writes_every_table_and_figure_deterministically(tmp_path):
     ):
         for ext in ("md", "csv", "tex"):
             assert f"tables/{stem}.{ext}" in names
-    for stem in ("fig6_hsi", "fig6_hsi_v2"):
+    assert "tables/table7.tex" in names  # data=hsi_sam
+    for stem in ("fig6_hsi", "fig6_hsi_v2", "fig6_hsi_sam"):
         assert f"figures/{stem}.png" in names and f"figures/{stem}.pdf" in names
     assert "figures/fig7.png" in names  # its right panel: the ERM runs (no DFR runs: left says so)
     csv = pd.read_csv(tmp_path / "a" / "tables" / "table3_values.csv", index_col=0)
