@@ -135,6 +135,16 @@ def test_incomplete_runs_are_refused_unless_asked_for():
         category_tables(group_table_runs)
 
 
+def test_job_folders_without_results_are_refused_unless_asked_for(tmp_path):
+    runs = write_runs(tmp_path / "sweep", TRAINED[:2])
+    (runs / "7" / ".hydra").mkdir(parents=True)  # a job that failed before writing results
+    with pytest.raises(RunSelectionError, match=r"1 job folder\(s\) have no results.json.*sweep/7"):
+        load_runs([runs])
+    assert [r["seed"] for r in load_runs([runs], include_incomplete=True)] == [0, 1]
+    with pytest.raises(FileNotFoundError, match="no results.json there"):
+        load_runs([tmp_path / "nothing*"])
+
+
 def test_mixed_settings_are_named_and_not_pooled():
     other_lr = run("erm", 2, 0.9, 0.9, 0.9, 0.9, 0.9, lr=0.01)
     assert mixed_keys([TRAINED[0], TRAINED[1]]) == []  # seed, out, num_workers may differ

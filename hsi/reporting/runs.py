@@ -12,6 +12,7 @@ folders, ``results.json`` files or glob patterns. Two rules guard every table:
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from hsi.results import RESULTS_FILE, find_results, read_results
 
 COMPLETE = "complete"
+log = logging.getLogger(__name__)
 
 # Config keys that may differ between seeds of one setting: the seed itself, where files go or
 # come from (each seed has its own run folder and stage-1 ERM checkpoint; model.checkpoint, the
@@ -80,15 +82,43 @@ def run_files(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
     return sorted(found)
 
 
+def unfinished_runs(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Job folders under ``sources`` (they hold ``.hydra/``) without a results.json: jobs that
+    failed or still run. A sweep with one of them has fewer seeds than it was launched with."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    found: set[Path] = set()
+    for source in sources:
+        text = os.fspath(source)
+        for match in sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]:
+            if Path(match).is_dir():
+                for hydra_dir in Path(match).rglob(".hydra"):
+                    job = hydra_dir.parent
+                    if not (job / RESULTS_FILE).is_file():
+                        found.add(job.resolve())
+    return sorted(found)
+
+
 def load_runs(
     sources: str | os.PathLike | Iterable[str | os.PathLike], include_incomplete: bool = False
 ) -> list[dict[str, Any]]:
-    """The runs of ``sources`` (see :func:`run_files`), incomplete ones refused unless asked."""
+    """The runs of ``sources`` (see :func:`run_files`); runs that did not complete, and job
+    folders without a results.json, are refused unless ``include_incomplete`` (then the folders
+    without results are left out with a warning)."""
     runs = []
     for path in run_files(sources):
         results = read_results(path)
         results.setdefault("run_dir", str(path.parent))
         runs.append(results)
+    unfinished = unfinished_runs(sources)
+    if unfinished and not include_incomplete:
+        raise RunSelectionError(
+            f"{len(unfinished)} job folder(s) have no {RESULTS_FILE} (failed or still running): "
+            f"{'; '.join(map(str, unfinished[:5]))}. Wait for them, rerun them, leave them out, "
+            f"or pass include_incomplete=true to report without them"
+        )
+    for job in unfinished:
+        log.warning("left out: %s has no %s (failed or still running)", job, RESULTS_FILE)
     return check_complete(runs, include_incomplete)
 
 
