@@ -54,7 +54,7 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
 def plot_accuracy_vs_size(table: pd.DataFrame, title: str) -> Figure:
     """Fig. 6 from a :func:`hsi.reporting.tables.size_table` (index model, size)."""
     models = list(dict.fromkeys(table.index.get_level_values(0)))
-    fig = _figure(3.2 * len(models), 3.0)
+    fig = _figure(max(4.5, 3.2 * len(models)), 3.2)
     axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
     for ax, model in zip(axes, models, strict=True):
         part = table.loc[model]
@@ -119,12 +119,14 @@ def plot_fig7(by_epochs: pd.DataFrame, variants: pd.DataFrame, title: str) -> Fi
     left, right = fig.subplots(1, 2)
     if by_epochs.empty:
         left.text(0.5, 0.5, "no DFR runs", ha="center", va="center", transform=left.transAxes)
+        left.set_xticks([])
     else:
         epochs = by_epochs.index.to_numpy()
         for column in ("Average", "Worst-group"):
             left.plot(epochs, by_epochs[column].to_numpy(), marker="o", label=f"DFR {column}")
         left.set_xticks(epochs)
         left.legend(fontsize="small")
+    left.set_ylim(0, 100)
     left.set_xlabel("ERM epochs")
     left.set_ylabel("test accuracy (%)")
     left.set_title("DFR vs ERM epochs")

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 BENCHMARK = "benchmark"  # results["method"] of hsi-benchmark runs
 SIZE_TABLE_NAMES = {"hsi": "table5", "hsi_v2": "table6", "hsi_sam": "table7"}
+SIZE_TABLE_REFS = {"hsi": "Tables 2 and 5", "hsi_v2": "Table 6", "hsi_sam": "Table 7"}
 DATA_TITLES = {
     "hsi": "Hard-Spurious-ImageNet",
     "hsi_v2": "Hard-Spurious-ImageNet-v2",
@@ -106,10 +107,13 @@ def _size_tables(report: Report, runs: Sequence[Mapping[str, Any]], include: boo
     for data, members in by_data.items():
         table = size_table(members, label=model_label, include_incomplete=include)
         name = SIZE_TABLE_NAMES.get(data, f"size_table_{_slug(data)}")
-        title = f"Test accuracy (%) per group on {DATA_TITLES.get(data, data)} (data={data})"
+        title = (
+            f"Test accuracy (%) per group and clean accuracy on {DATA_TITLES.get(data, data)} "
+            f"(data={data}; cf. {SIZE_TABLE_REFS.get(data, 'Table 5')})"
+        )
         report.add(name, title, table)
         report.files += save_figure(
-            plot_accuracy_vs_size(table, f"Accuracy vs object size, data={data} (cf. Fig. 6)"),
+            plot_accuracy_vs_size(table, f"data={data} (cf. Fig. 6)"),
             report.folder / "figures" / f"fig6_{_slug(data)}",
         )
         clean = table[CLEAN].groupby(level=0, sort=False).first()
