@@ -257,8 +257,8 @@ def test_a_demo_zoo_model_trains_one_debug_epoch(tmp_path):
 
 
 @pytest.mark.parametrize("data", ["hsi", "hsi_v2", "hsi_sam"])
-def test_paper_benchmark_is_imagenet_at_224_for_every_dataset(data):
-    cfg = compose_benchmark(["experiment=paper_benchmark", f"data={data}", "model=resnet50"])
+def test_benchmark_paper_is_imagenet_at_224_for_every_dataset(data):
+    cfg = compose_benchmark(["experiment=benchmark_paper", f"data={data}", "model=resnet50"])
     assert cfg.data.generate.dataset.name == data
     assert cfg.data.generate.source._target_ == "hsi.sources.imagenet.ImageNetSource"
     assert cfg.data.generate.dataset.resolution == 224
