@@ -11,7 +11,10 @@ export, counting hits. Each side runs once to warm up (worker start, first-shape
 (hsi-benchmark / plain; the aim is >= 0.9).
 
     .venv/bin/python benchmarks/bench_benchmark.py                       builds a small dataset
-    .venv/bin/python benchmarks/bench_benchmark.py --out outputs/demo/hsi64 --model resnet18
+    .venv/bin/python benchmarks/bench_benchmark.py --classes 10 --test 20 --model resnet10t
+
+`--out` is a folder this script builds and exports into (reused on the next run), or any built
+dataset that already holds an `export/` (`hsi-generate export out=<it>`).
 """
 
 from __future__ import annotations
