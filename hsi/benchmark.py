@@ -186,7 +186,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     workers = default_workers() if cfg.workers is None else int(cfg.workers)
     if not str(cfg.data.get("_target_", "")).endswith("HSIDataModule"):
         raise ValueError("hsi-benchmark needs data=hsi, hsi_v2 or hsi_sam (a dataset with groups)")
-    source = SourceDataModule(cfg.data.generate.source)
+    # The source is indexed once (on ImageNet that takes a while): the same module serves the
+    # clean images, its loader settings filled in below once the model's are known.
+    source = SourceDataModule(
+        cfg.data.generate.source, resolution=int(cfg.data.generate.dataset.resolution)
+    )
     source.setup("test")
     hsi_dm = instantiate(cfg.data, num_workers=0)
     hsi_dm.prepare_data()
@@ -213,11 +217,10 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
             net, loader, device, hsi_dm.groups, columns, f"{split} groups", progress
         )
     if source_head:
-        clean_dm = SourceDataModule(
-            cfg.data.generate.source, resolution=hsi_dm.resolution, **loader_keys
-        )
-        clean_dm.setup("test")
-        clean_loader = clean_dm.test_dataloader()
+        source.num_workers, source.pin_memory = workers, device.type == "cuda"
+        source.eval_batch_size, source.seed = int(cfg.batch_size), int(cfg.seed)
+        source.mean, source.std = tuple(input_cfg["mean"]), tuple(input_cfg["std"])
+        clean_loader = source.test_dataloader()
         clean = evaluate(net, clean_loader, device, desc="clean", progress=progress)
         results["clean"] = {"acc": clean["acc"], "samples": len(clean_loader.dataset)}
     else:
