@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from hsi.report import category_tables, format_table, group_table
+from hsi.reporting import category_tables, format_table, group_table
 from hsi.results import RESULTS_FILE, read_results
 
 OUT = Path("outputs/demo")

@@ -16,11 +16,13 @@ import hydra
 from omegaconf import DictConfig
 
 from hsi.cli import CONF_DIR
+from hsi.console import quiet_console
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="benchmark")
 def main(cfg: DictConfig) -> float | None:
     """Evaluate one model; return its test worst-group accuracy (for a sweeper)."""
+    quiet_console(cfg.verbose)
     from hsi.benchmark import benchmark, summary_line
 
     try:

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hsi.cli import CONF_DIR
+from hsi.console import quiet_console
 
 
 def positional_to_runs(argv: list[str]) -> list[str]:
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
 def _app(cfg: DictConfig) -> None:
+    quiet_console(cfg.verbose)
     try:
         print(run(cfg))
     except (FileNotFoundError, ValueError) as err:  # bad input: the message says what to fix
