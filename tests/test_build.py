@@ -18,20 +18,21 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from hsi.assets import AssetStore, choose_core_box, crop, resize_rgb
-from hsi.build import make_recipe, read_manifests, run_build
 from hsi.cli.generate import run, verb_to_override
-from hsi.compose import Composer
-from hsi.compose import compose as compose_sample
-from hsi.export import run_export
+from hsi.generate.assets import AssetStore, choose_core_box, crop, resize_rgb
+from hsi.generate.build import make_recipe, run_build
+from hsi.generate.compose import Composer
+from hsi.generate.compose import compose as compose_sample
+from hsi.generate.export import run_export
+from hsi.generate.inpaint.inpainters import LamaInpainter, OpenCVInpainter
+from hsi.generate.inpaint.masks import BoxMasker
+from hsi.generate.layout import DatasetFolder
+from hsi.generate.recipe import COLUMNS, needed_images
+from hsi.generate.validate import validate_output
 from hsi.groups import placement_xy
-from hsi.inpaint.inpainters import LamaInpainter, OpenCVInpainter
-from hsi.inpaint.masks import BoxMasker
-from hsi.recipe import COLUMNS, needed_images
 from hsi.sources import load_source
 from hsi.sources.images import load_rgb
 from hsi.sources.synthetic import wnid_of
-from hsi.validate import validate_output
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -93,7 +94,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 def merged_manifest(out: Path) -> pd.DataFrame:
-    frame = read_manifests(out).drop(columns="manifest")
+    frame = DatasetFolder(out).read_manifests().drop(columns="manifest")
     return frame.sort_values("key").reset_index(drop=True)
 
 
@@ -127,7 +128,7 @@ def test_counts_and_categories_per_split(recipe):
         and (per_class["val"] == 12).all()
         and (per_class["test"] == 24).all()
     )
-    # SPEC §4 by size rank (16/24/32): Easy = own background at the two larger sizes, Hard =
+    # paper 000, §4, by size rank (16/24/32): Easy = own background at the two larger sizes, Hard =
     # random background at the two smaller, Medium the rest.
     expected = {
         "CeO_16": "medium", "CoO_16": "medium", "CeR_16": "hard", "CoR_16": "hard",
@@ -188,7 +189,7 @@ def test_composed_samples_have_the_group_geometry(recipe, reference):
 
 def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
     cfg = make_cfg(
-        tmp_path / "v2", source_root, "dataset=hsi_v2", f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}"
+        tmp_path / "v2", source_root, "dataset=v2", f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}"
     )
     index = load_source(cfg.source)
     table = make_recipe(cfg, index)
@@ -202,21 +203,21 @@ def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
     cfg = make_cfg(
         tmp_path / "auto",
         source_root,
-        "dataset=hsi_v2",
+        "dataset=v2",
         f"dataset.pairs_from={csv}",
         "dataset.pairs_count=1",
     )
     auto = make_recipe(cfg, index)
     assert set(auto["wnid"]) == {C1}
     assert set(auto.loc[auto["background"] == "R", "bg_wnid"]) == {C0}
-    paper = make_cfg(tmp_path / "paper", source_root, "dataset=hsi_v2")
+    paper = make_cfg(tmp_path / "paper", source_root, "dataset=v2")
     with pytest.raises(ValueError, match="dataset.pairs_from"):
         make_recipe(paper, index)
     # the failed build writes nothing, so the corrected config can use the same folder
     with pytest.raises(ValueError, match="dataset.pairs_from"):
         run_build(paper)
     assert not (tmp_path / "paper" / "config.yaml").exists()
-    fixed = make_cfg(tmp_path / "paper", source_root, "dataset=hsi_v2", "dataset.classes=null",
+    fixed = make_cfg(tmp_path / "paper", source_root, "dataset=v2", "dataset.classes=null",
                      f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}")  # fmt: skip
     assert make_recipe(fixed, index) is not None and run_build(fixed).failed == 0
 
@@ -268,7 +269,7 @@ def test_another_config_in_the_same_folder_is_refused(reference, source_root):
 
 SLOW_INPAINTER = """
 import time
-from hsi.inpaint.inpainters import OpenCVInpainter
+from hsi.generate.inpaint.inpainters import OpenCVInpainter
 
 
 class SlowInpainter(OpenCVInpainter):
@@ -357,7 +358,7 @@ def test_a_broken_source_image_is_recorded_and_reported(source_root, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # header intact, body truncated
     assert run(cfg) == 1  # the CLI's exit code
-    manifest = read_manifests(out).set_index("key")
+    manifest = DatasetFolder(out).read_manifests().set_index("key")
     assert manifest.loc[fine, "status"] == "ok"
     assert manifest.loc[broken, "status"] == "failed"
     assert (
@@ -499,9 +500,9 @@ def test_lama_path_with_a_torchscript_module(source_root, tmp_path):
 
 def test_sam_variant_needs_the_sam_masker(source_root, tmp_path):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        assert compose("generate", ["dataset=hsi_sam"]).mask._target_.endswith("SamMasker")
+        assert compose("generate", ["dataset=sam"]).mask._target_.endswith("SamMasker")
     with pytest.raises(ValueError, match="mask=sam"):
-        run_build(make_cfg(tmp_path, source_root, "dataset=hsi_sam", "mask=box"))
+        run_build(make_cfg(tmp_path, source_root, "dataset=sam", "mask=box"))
 
 
 @pytest.mark.slow
@@ -510,7 +511,7 @@ def test_sam_path_with_a_random_vit_b(source_root, tmp_path):
     import torch
     from segment_anything import sam_model_registry
 
-    from hsi.inpaint.masks import SamMasker
+    from hsi.generate.inpaint.masks import SamMasker
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "sam_random_vit_b.pth"
@@ -520,7 +521,7 @@ def test_sam_path_with_a_random_vit_b(source_root, tmp_path):
         out,
         source_root,
         *MINIMAL,
-        "dataset=hsi_sam",
+        "dataset=sam",
         f"mask.checkpoint={checkpoint}",
         "num_shards=2",
     )

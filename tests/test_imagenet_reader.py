@@ -1,4 +1,4 @@
-"""The ImageNet reader on small dirty trees: every kind of dirt of SPEC §1, both layouts, both box formats."""
+"""The ImageNet reader on small dirty trees: every kind of dirt ImageNet has, both layouts, both box formats."""
 
 from __future__ import annotations
 

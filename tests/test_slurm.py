@@ -76,7 +76,7 @@ def test_generation_shards_as_a_slurm_array_match_one_local_build(slurm, tmp_pat
     then `validate`; the array's assets are the bytes of a one-process build."""
     from test_build import make_cfg, source_overrides, tree
 
-    from hsi.build import run_build
+    from hsi.generate.build import run_build
     from hsi.sources import load_source
 
     source = tmp_path / "source"

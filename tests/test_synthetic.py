@@ -411,11 +411,11 @@ def interrupt_after(monkeypatch, calls: int) -> None:
     real = synthetic._write_item
     done = []
 
-    def flaky(task):
+    def flaky(state, task):
         if len(done) == calls:
             raise KeyboardInterrupt
         done.append(task)
-        real(task)
+        real(state, task)
 
     monkeypatch.setattr(synthetic, "_write_item", flaky)
 

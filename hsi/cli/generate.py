@@ -39,18 +39,18 @@ def run(cfg: DictConfig) -> int:
     """Do `cfg.action`, print its report; the exit code (non-zero: failed images or problems)."""
     action = cfg.action
     if action == "build":
-        from hsi.build import run_build
+        from hsi.generate.build import run_build
 
         summary = run_build(cfg)
         print(summary.report())
         return 1 if summary.failed else 0
     if action == "export":
-        from hsi.export import run_export
+        from hsi.generate.export import run_export
 
         print(run_export(cfg).report())
         return 0
     if action == "validate":
-        from hsi.validate import validate_output
+        from hsi.generate.validate import validate_output
 
         report = validate_output(cfg.out, workers=int(cfg.workers), progress=bool(cfg.progress))
         print(report.text())

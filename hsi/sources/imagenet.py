@@ -1,4 +1,4 @@
-"""ImageNet-1k as users have it on disk -> a SourceIndex (SPEC §1).
+"""ImageNet-1k as users have it on disk -> a SourceIndex (paper 000, §3: its CLS-LOC boxes).
 
 Layout (each path can be set on its own; None = the default under `root`):
 
@@ -32,17 +32,15 @@ import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from hsi.sources.images import ImageReadError, read_size
 from hsi.sources.kaggle import read_loc_solution
 from hsi.sources.record import Box, ClassInfo, ImageRecord, Skip, SourceIndex
 from hsi.sources.synsets import SynsetNames, UnknownClassName, read_synsets
 from hsi.sources.voc import parse_voc
+from hsi.workers import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +113,7 @@ def normalise_boxes(
     return kept, dropped, fixes
 
 
-def _read_one(task: tuple[str, str | None]) -> tuple:
+def _read_one(_state: None, task: tuple[str, str | None]) -> tuple:
     """Worker: the image's header size and its parsed XML, errors as strings (picklable, no raising)."""
     image_path, xml_path = task
     try:
@@ -300,23 +298,19 @@ class ImageNetSource:
     # ---- reading ------------------------------------------------------------------------------
 
     def _map(self, tasks: list, desc: str) -> list:
-        """_read_one over tasks, in order; a process pool when workers > 1 (same result)."""
-        bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not self.progress)
-        results = []
-        try:
-            if self.workers == 1 or len(tasks) < 2:
-                for task in tasks:
-                    results.append(_read_one(task))
-                    bar.update()
-            else:
-                chunk = max(1, min(512, len(tasks) // (self.workers * 8)))
-                with ProcessPoolExecutor(self.workers) as pool:
-                    for result in pool.map(_read_one, tasks, chunksize=chunk):
-                        results.append(result)
-                        bar.update()
-        finally:
-            bar.close()
-        return results
+        """_read_one over tasks, in order; in worker processes when workers > 1 (same result)."""
+        chunk = max(1, min(512, len(tasks) // (self.workers * 8)))
+        return list(
+            ordered_map(
+                _read_one,
+                tasks,
+                workers=self.workers,
+                progress=self.progress,
+                desc=desc,
+                unit="img",
+                chunk=chunk,
+            )
+        )
 
     def _label(self, image: _ImageFile, annotation: _Annotation | None, names: SynsetNames) -> str:
         """The image's wnid; raises UnknownClassName with the reason when it cannot be told."""

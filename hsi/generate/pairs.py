@@ -1,4 +1,4 @@
-"""Foreground/background class pairs of Hard-Spurious-ImageNet-v2 (SPEC §4).
+"""Foreground/background class pairs of Hard-Spurious-ImageNet-v2 (paper 000, §4).
 
 In v2 the R backgrounds of a foreground class always come from one paired class whose
 background alone is highly predictive ("spurious"), while the foreground classes are those a

@@ -1,11 +1,12 @@
-"""Export a built dataset as plain image files plus metadata.csv, for tools that want files.
+"""Export a built dataset as plain image files plus a metadata table, for tools that want files.
 
-Layout under the export folder (default `out/export`):
+Layout under the export folder (export.dir; its default and the names of its two bookkeeping
+files, the metadata table and the settings, are hsi.generate.layout's):
 
     <split>/<size>/<placement>/<wnid>/<sample_id>.png   (or .JPEG with export.format=jpeg)
-    metadata.csv   the recipe's columns plus `path`, relative to the export folder
+    the metadata table: the recipe's columns plus `path`, relative to the export folder
 
-PNG pixels are exactly `hsi.compose.compose`'s output; JPEG adds only its own encoding loss.
+PNG pixels are exactly `hsi.generate.compose.compose`'s output; JPEG adds only its own encoding loss.
 Sharded like the build (`shard_items` over the recipe sorted by sample_id) and resumable: a file
 that exists is complete (atomic writes) and is skipped.
 """
@@ -23,17 +24,23 @@ import pandas as pd
 from omegaconf import DictConfig
 from PIL import Image
 
-from hsi.build import asset_kinds, csv_bytes, map_in_workers, remove_stale_temps, write_once
-from hsi.compose import Composer
-from hsi.io import atomic_save_png, atomic_write_bytes, sha256_file, shard_items
+from hsi.generate.compose import Composer
+from hsi.generate.layout import (
+    EXPORT_METADATA_FILE,
+    EXPORT_SETTINGS_FILE,
+    DatasetFolder,
+    csv_bytes,
+)
+from hsi.io import atomic_save_png, atomic_write_bytes, remove_stale_temps, shard_items, write_once
+from hsi.workers import ordered_map
 
 FORMATS = {"png": "png", "jpeg": "JPEG"}  # export.format -> file extension (ImageNet's .JPEG)
 
 
 def export_dir(cfg: DictConfig) -> Path:
-    """export.dir, or out/export when null."""
+    """export.dir, or the built dataset's default export folder when null."""
     chosen = cfg.get("export", {}).get("dir")
-    return Path(chosen) if chosen else Path(cfg.out) / "export"
+    return Path(chosen) if chosen else DatasetFolder(cfg.out).default_export_dir
 
 
 def export_relpath(row, fmt: str = "png") -> str:
@@ -63,18 +70,18 @@ class ExportSettings:
     quality: int
 
 
-_WORKER: dict = {}
+class Exporter:
+    """One worker's state: the export settings and a composer of the built dataset."""
+
+    def __init__(self, settings: ExportSettings) -> None:
+        self.settings = settings
+        self.composer = Composer.from_output(settings.out)
 
 
-def _init_worker(settings: ExportSettings) -> None:
-    _WORKER.clear()
-    _WORKER.update(settings=settings, composer=Composer.from_output(settings.out))
-
-
-def _export_one(task: tuple[dict, str]) -> str:
+def export_one(exporter: Exporter, task: tuple[dict, str]) -> str:
     row, relpath = task
-    settings: ExportSettings = _WORKER["settings"]
-    image = _WORKER["composer"](row)
+    settings = exporter.settings
+    image = exporter.composer(row)
     path = Path(settings.dest) / relpath
     if settings.fmt == "png":
         atomic_save_png(path, image)
@@ -97,12 +104,12 @@ class ExportSummary:
         return (
             f"hsi-generate export, shard {self.shard} of {self.num_shards}: {self.samples} samples -> "
             f"{self.written} written, {self.skipped} skipped (already there) in {self.seconds:.1f} s\n"
-            f"  files:    {self.dest}\n  metadata: {self.dest / 'metadata.csv'}"
+            f"  files:    {self.dest}\n  metadata: {self.dest / EXPORT_METADATA_FILE}"
         )
 
 
 def _check_assets(composer: Composer, rows: list[dict]) -> None:
-    kinds = asset_kinds({"paste": composer.paste})
+    kinds = DatasetFolder(composer.out).spec().asset_kinds
     needed = sorted(
         {(k, r["fg_image"]) for r in rows for k in kinds if k != "bg"}
         | {("bg", r["bg_image"]) for r in rows}
@@ -121,7 +128,7 @@ def _check_assets(composer: Composer, rows: list[dict]) -> None:
 
 
 def run_export(cfg: DictConfig) -> ExportSummary:
-    """Write this shard's samples and metadata.csv; the settings come from out/config.yaml."""
+    """Write this shard's samples and the metadata table; the settings come from the build."""
     start = time.perf_counter()
     out, shard, num_shards = Path(cfg.out), int(cfg.shard), int(cfg.num_shards)
     fmt = str(cfg.export.format).lower()
@@ -131,7 +138,7 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     composer = Composer.from_output(out)
     table = metadata(composer.recipe, fmt)
     meta_bytes = csv_bytes(table)
-    meta_path = dest / "metadata.csv"
+    meta_path = dest / EXPORT_METADATA_FILE
     if meta_path.is_file() and meta_path.read_bytes() != meta_bytes:
         raise ValueError(
             f"{meta_path} belongs to another export (other recipe or format); "
@@ -142,10 +149,11 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     settings_doc = {
         "format": fmt,
         "quality": int(cfg.export.quality) if fmt == "jpeg" else None,
-        "build_config_sha256": sha256_file(out / "config.yaml"),
+        "build_config_sha256": DatasetFolder(out).config_sha256(),
     }
-    write_once(dest / "export.json", (json.dumps(settings_doc, indent=2) + "\n").encode(),
-               f"delete {dest} or set export.dir to another folder")  # fmt: skip
+    settings_bytes = (json.dumps(settings_doc, indent=2) + "\n").encode()
+    hint = f"delete {dest} or set export.dir to another folder"
+    write_once(dest / EXPORT_SETTINGS_FILE, settings_bytes, hint)
     rows = sorted(table.to_dict("records"), key=lambda r: r["sample_id"])
     mine = shard_items(rows, shard, num_shards)
     _check_assets(composer, mine)
@@ -162,14 +170,15 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     settings = ExportSettings(
         out=str(out), dest=str(dest), fmt=fmt, quality=int(cfg.export.quality)
     )
-    for _ in map_in_workers(
-        _export_one,
+    for _ in ordered_map(
+        export_one,
         tasks,
-        int(cfg.workers),
-        _init_worker,
-        (settings,),
+        workers=int(cfg.workers),
+        init=Exporter,
+        init_args=(settings,),
         progress=bool(cfg.get("progress", True)),
         desc=f"export shard {shard}/{num_shards}",
+        unit="img",
     ):
         summary.written += 1
     write_once(meta_path, meta_bytes, f"delete {dest} or set export.dir to another folder")
