@@ -44,13 +44,18 @@ def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def atomic_save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """uint8 HxW or HxWxC array as a PNG; PIL writes no timestamp, so the bytes are reproducible."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 HxW or HxWxC array as PNG bytes; PIL writes no timestamp, so they are reproducible."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """uint8 HxW or HxWxC array as a PNG file (`png_bytes`), written atomically."""
+    return atomic_write_bytes(path, png_bytes(array))
 
 
 def stable_seed(*keys: object) -> int:

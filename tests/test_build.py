@@ -26,7 +26,7 @@ from hsi.generate.compose import compose as compose_sample
 from hsi.generate.export import run_export
 from hsi.generate.inpaint.inpainters import LamaInpainter, OpenCVInpainter
 from hsi.generate.inpaint.masks import BoxMasker
-from hsi.generate.layout import DatasetFolder
+from hsi.generate.layout import DatasetFolder, LockedError
 from hsi.generate.recipe import COLUMNS, needed_images
 from hsi.generate.validate import validate_output
 from hsi.groups import placement_xy
@@ -565,3 +565,238 @@ def test_cli_verbs():
     assert verb_to_override(["p", "--multirun", "shard=0,1"]) == ["p", "--multirun", "shard=0,1"]
     with pytest.raises(SystemExit, match="unknown action 'bild'"):
         verb_to_override(["p", "bild"])
+
+
+# ----------------------------------------------------------------------------- faults
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hsi.cli.generate", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("dataset.sizes=[-8,0,16]", "dataset.sizes"),
+        ("dataset.sizes=[16,24,128]", "dataset.sizes"),
+        ("dataset.sizes=[16,16,32]", "dataset.sizes"),
+        ("dataset.resolution=0", "dataset.resolution"),
+        ("dataset.paste=stamp", "dataset.paste"),
+        ("dataset.counts.val=-1", "dataset.counts"),
+        ("shard=2", "shard=2 num_shards=1"),
+        ("mask=sam", "mask.checkpoint"),
+    ],
+)
+def test_bad_settings_fail_before_the_source_is_read(override, key, tmp_path):
+    """Nothing is read or written: the synthetic source would be generated if it were read."""
+    source, out = tmp_path / "never-read", tmp_path / "out"
+    with pytest.raises(ValueError) as error:
+        run_build(make_cfg(out, source, override))
+    assert key in str(error.value)
+    assert not source.exists() and not out.exists()
+
+
+def test_missing_checkpoint_is_named_before_the_source_is_read(tmp_path):
+    missing = tmp_path / "sam_vit_b.pth"
+    cfg = make_cfg(tmp_path / "out", tmp_path / "src", "dataset=sam", f"mask.checkpoint={missing}")
+    with pytest.raises(FileNotFoundError, match="mask.checkpoint") as error:
+        run_build(cfg)
+    assert str(missing) in str(error.value) and not (tmp_path / "src").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "below a file"])
+def test_out_that_is_no_folder_is_refused_before_reading(kind, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me\n")
+    out = blocker if kind == "file" else blocker / "hsi"
+    with pytest.raises(ValueError, match="is a file, not a folder") as error:
+        run_build(make_cfg(out, tmp_path / "src"))
+    assert f"out={out}" in str(error.value) and str(blocker) in str(error.value)
+    assert blocker.read_text() == "keep me\n" and not (tmp_path / "src").exists()
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line_naming_the_key_and_exit_2(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me\n")
+    cases = [
+        (["out=" + str(tmp_path / "out"), "dataset.sizes=[-8,0,16]"], "dataset.sizes"),
+        ([f"out={blocker}"], f"out={blocker}"),
+    ]
+    for args, key in cases:
+        done = run_cli("build", *source_overrides(tmp_path / "src"), *TINY, *args, cwd=tmp_path)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert blocker.read_text() == "keep me\n" and not (tmp_path / "src").exists()
+    # in `out` only the refused run's log folder
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["logs"]
+
+
+@pytest.mark.slow
+def test_a_second_build_of_the_same_shard_fails_naming_the_holder(reference, source_root, tmp_path):
+    out = tmp_path / "busy"
+    shutil.copytree(reference, out)
+    folder = DatasetFolder(out)
+    with folder.lock("build", 1, 2):
+        pass  # another shard's lock does not block this one, and is released on leaving
+    with folder.lock("build", 0, 1):
+        before = tree(out)
+        done = run_cli("build", f"out={out}", *source_overrides(source_root), *TINY, cwd=tmp_path)
+        after = {k: v for k, v in tree(out).items() if not k.startswith("logs/")}
+        assert after == before  # only the refused run's log folder is new
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"pid {os.getpid()}" in done.stderr and "shard 0 of 1" in done.stderr, done.stderr
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}"), folder.lock("build", 0, 1):
+        run_build(make_cfg(out, source_root))
+
+
+def test_swapped_and_truncated_assets_are_rebuilt_to_clean_bytes(reference, source_root, tmp_path):
+    out = tmp_path / "tampered"
+    shutil.copytree(reference, out)
+    keys = needed_images(Composer.from_output(out).recipe)
+    store = AssetStore(out)
+    swapped, truncated = store.path("bg", keys[3]), store.path("core", keys[7])
+    shutil.copyfile(store.path("bg", keys[4]), swapped)  # another valid PNG of the same shape
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    problems = validate_output(out).problems
+    assert any(str(swapped) in p for p in problems) and any(str(truncated) in p for p in problems)
+
+    summary = run_build(make_cfg(out, source_root))
+    assert (summary.done, summary.skipped) == (2, NEEDED - 2)
+    assert sorted(summary.rebuilt) == sorted([keys[3], keys[7]])
+    assert keys[3] in summary.report() and "made again" in summary.report()
+    assert validate_output(out).ok
+    assert tree(out / "assets") == tree(reference / "assets")
+    assert tree(out / "manifest") == tree(reference / "manifest")
+
+
+def test_assets_no_record_vouches_for_are_rebuilt(reference, source_root, tmp_path):
+    """Files at the assets' paths but no manifest or journal of this build: none is trusted."""
+    out = tmp_path / "foreign"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "manifest")
+    key = needed_images(Composer.from_output(out).recipe)[0]
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(AssetStore(out).path("bg", key))
+    summary = run_build(make_cfg(out, source_root))
+    assert (summary.done, summary.skipped, len(summary.rebuilt)) == (NEEDED, 0, NEEDED)
+    assert tree(out / "assets") == tree(reference / "assets")
+    assert tree(out / "manifest") == tree(reference / "manifest")
+
+
+def test_export_replaces_files_it_did_not_write(reference, source_root, tmp_path):
+    dest = tmp_path / "exp"
+    cfg = make_cfg(reference, source_root, f"export.dir={dest}")
+    run_export(cfg)
+    relpath = pd.read_csv(dest / "metadata.csv")["path"].iloc[0]
+    clean = (dest / relpath).read_bytes()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(dest / relpath)
+    summary = run_export(cfg)
+    assert summary.replaced == [relpath] and summary.written == 1
+    assert "replaced 1" in summary.report() and relpath in summary.report()
+    assert (dest / relpath).read_bytes() == clean
+
+
+def test_unreadable_entries_are_skips_listed_in_skipped_csv(source_root, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(source_root, source)
+    class_dir = sorted(p for p in (source / "train").iterdir() if p.is_dir())[0]
+    (class_dir / "loop.JPEG").symlink_to("loop.JPEG")  # a self-looping link
+    (class_dir / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")  # a dangling link
+    out = tmp_path / "out"
+    cfg = make_cfg(out, source, *MINIMAL)
+    summary = run_build(cfg)
+    assert summary.failed == 0
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
+    assert list(skipped.columns) == ["path", "reason"]
+    reasons = dict(zip(skipped["path"], skipped["reason"], strict=True))
+    rel = class_dir.relative_to(source).as_posix()
+    assert "Errno 40" in reasons[f"{rel}/loop.JPEG"]
+    assert "Errno 2" in reasons[f"{rel}/gone.JPEG"] or "nowhere" in reasons[f"{rel}/gone.JPEG"]
+    assert summary.done > 0 and summary.done == len(DatasetFolder(out).ok_hashes(("bg",)))
+    # the other images of that class folder are still read
+    assert any(r.path.startswith(f"{rel}/") for r in load_source(cfg.source).records)
+
+
+def test_an_unlistable_class_folder_is_one_skip(source_root, tmp_path, monkeypatch):
+    """os.scandir of a class folder raising (permissions, I/O) skips that folder, not the read."""
+    from hsi.sources.imagenet import ImageNetSource
+
+    real = os.scandir
+    victim = sorted(p for p in (source_root / "train").iterdir() if p.is_dir())[1]
+
+    def scandir(path="."):
+        if Path(path) == victim:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    index = ImageNetSource(source_root, progress=False).load()
+    reasons = {s.path: s.reason for s in index.skipped}
+    rel = victim.relative_to(source_root).as_posix()
+    assert "PermissionError" in reasons[rel] and "Errno 13" in reasons[rel]
+    assert index.records and not any(r.path.startswith(rel + "/") for r in index.records)
+
+
+def test_a_failed_image_is_in_skipped_csv(source_root, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(source_root, source)
+    out = tmp_path / "out"
+    cfg = make_cfg(out, source, *MINIMAL)
+    victim = needed_images(make_recipe(cfg, load_source(cfg.source)))[0]
+    path = next(r.path for r in load_source(cfg.source).records if r.key == victim)
+    data = (source / path).read_bytes()
+    (source / path).write_bytes(data[: len(data) // 2])  # header intact, body cut
+    summary = run_build(cfg)
+    assert summary.failed == 1
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
+    row = skipped[skipped["path"] == path]
+    assert len(row) == 1 and row["reason"].iloc[0].startswith("decode:")
+
+
+@pytest.mark.slow
+def test_workers_exit_when_their_parent_is_killed(source_root, tmp_path):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finding the pool's worker processes needs Linux /proc")
+    (tmp_path / "slow_inpaint.py").write_text(SLOW_INPAINTER.replace("0.02", "2"))
+    out = tmp_path / "orphans"
+    pythonpath = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    proc = cli(
+        "build",
+        f"out={out}",
+        *source_overrides(source_root),
+        *TINY,
+        "inpaint._target_=slow_inpaint.SlowInpainter",
+        "workers=2",
+        cwd=tmp_path,
+        env={"PYTHONPATH": pythonpath},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    pool: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None and len(pool) < 2:
+        pool = spawned_workers(proc.pid)
+        time.sleep(0.1)
+    assert len(pool) == 2, proc.communicate()[0] if proc.poll() is not None else pool
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only, not its process group
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in pool):
+        time.sleep(0.1)
+    left = [pid for pid in pool if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+import hsi.data.modules as modules
 import hsi.generate.build as build
 from hsi.data import EpochSampler, HSIDataModule, SourceDataModule, build_is_complete
 from hsi.generate.compose import compose as compose_sample
@@ -411,3 +412,22 @@ def test_source_val_fraction_holds_out_part_of_train(source_dm):
     assert sorted(train.paths + val.paths) == sorted(source_dm.dataset("train").paths)
     assert len(held.dataset("test")) == CLASSES * VAL_PER_CLASS
     assert pd.Series(val.paths).str.startswith("train/").all()
+
+
+def test_a_job_reads_its_source_once(source_dm, monkeypatch):
+    """prepare_data, then setup for fit and for test (as a training job and Lightning call them)."""
+    reads = []
+    real = modules.load_source
+
+    def counting(cfg):
+        reads.append(cfg)
+        return real(cfg)
+
+    monkeypatch.setattr(modules, "load_source", counting)
+    module = SourceDataModule(source_dm.source, resolution=32)
+    module.prepare_data()
+    module.setup("fit")
+    module.prepare_data()
+    module.setup("fit")
+    module.setup("test")
+    assert len(reads) == 1 and module.num_classes == CLASSES

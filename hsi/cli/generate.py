@@ -60,13 +60,35 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _app(cfg: DictConfig) -> None:
-    code = run(cfg)
+    from hsi.generate.layout import LockedError
+
+    try:
+        code = run(cfg)
+    except (ValueError, OSError, LockedError, RuntimeError) as e:
+        # Bad input, a folder in use, a dead worker: the message names the key or file and the
+        # fix; a traceback would only hide it.
+        print(f"hsi-generate {cfg.action}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     if code:
         sys.exit(code)
 
 
+def check_out_argument(argv: list[str]) -> None:
+    """`out=` given on the command line must be usable before Hydra makes its log folder there."""
+    from hsi.generate.layout import ConfigError, check_out
+
+    outs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("out=")]
+    if outs and "," not in outs[-1]:  # a sweep over several outs is checked by each job
+        try:
+            check_out(outs[-1])
+        except ConfigError as e:
+            print(f"hsi-generate: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+
 def main() -> None:
     sys.argv = verb_to_override(sys.argv)
+    check_out_argument(sys.argv)
     _app()
 
 

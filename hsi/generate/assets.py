@@ -15,6 +15,7 @@ on the fly and exported files agree bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from hsi.generate.layout import CORE_BOXES, DatasetFolder
-from hsi.io import atomic_save_png, sha256_file
+from hsi.io import atomic_write_bytes, png_bytes
 from hsi.sources.record import Box
 
 RGB_RESAMPLE = Image.BILINEAR  # the one resize filter for images (backgrounds and crops)
@@ -151,11 +152,15 @@ class AssetStore:
         return all(self.path(kind, key).is_file() for kind in kinds)
 
     def save(self, key: str, assets: ImageAssets) -> dict[str, str]:
-        """Write every asset of one image atomically; returns {kind: sha256 of the file}."""
+        """Write every asset of one image atomically; returns {kind: sha256 of the bytes written}.
+
+        The hash is of the bytes this process encoded, never of what a file holds later.
+        """
         hashes = {}
         for kind, array in assets.arrays().items():
-            path = atomic_save_png(self.path(kind, key), array)
-            hashes[kind] = sha256_file(path)
+            data = png_bytes(array)
+            atomic_write_bytes(self.path(kind, key), data)
+            hashes[kind] = hashlib.sha256(data).hexdigest()
         return hashes
 
     def load(self, kind: str, key: str) -> np.ndarray:

@@ -9,7 +9,15 @@
    makes the others in `workers` processes, each with ONE masker and ONE inpainter (models load
    lazily inside them, once per process);
 4. writes the shard's manifest: one row per image of the shard with status ok|failed, the
-   failure's reason and the sha256 of every asset file.
+   failure's reason and the sha256 of every asset file, and the list of skipped inputs (the
+   reader's skips and the images that failed, columns as hsi-scores').
+
+Before anything is read, the settings are checked (sizes, shard range, `out`, components and
+their checkpoints) and the shard's lock is taken: a second process on the same shard fails at
+once, naming the holder. An existing asset is kept only when its bytes have the sha256 that
+this build recorded when it wrote them (in a manifest, or in the journal an interrupted run
+leaves); any other file at an asset's path (swapped, truncated, foreign) is made again, so a
+rerun always ends with the bytes of a clean build.
 
 Each image depends only on itself, so the assets and the merged manifests are the same for any
 number of shards or workers, and a rerun after a crash ends byte-identical to an unbroken run.
@@ -27,7 +35,15 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hsi.generate.assets import AssetStore, make_assets
-from hsi.generate.layout import DatasetFolder, DatasetSpec, generation_config
+from hsi.generate.layout import (
+    ConfigError,
+    DatasetFolder,
+    DatasetSpec,
+    append_journal,
+    check_out,
+    generation_config,
+)
+from hsi.generate.pairs import resolve_pairs
 from hsi.generate.recipe import build_recipe, needed_images
 from hsi.io import remove_stale_temps, sha256_file, shard_items
 from hsi.sources.record import Box, SourceIndex
@@ -35,40 +51,6 @@ from hsi.workers import ordered_map
 
 
 # ----------------------------------------------------------------------------- configuration
-def resolve_pairs(spec: DatasetSpec, index: SourceIndex) -> dict[str, str] | None:
-    """v2 pairs {fg_wnid: bg_wnid}: from `pairs_from` (an accuracy CSV) if set, else `pairs`.
-
-    `pairs` is null (v1), `paper` (the paper's 10 ImageNet pairs) or an explicit mapping.
-    """
-    from hsi.generate.pairs import PAPER_V2_PAIRS, read_accuracy_csv, select_pairs
-
-    if spec.pairs_from:
-        if not Path(spec.pairs_from).is_file():
-            raise FileNotFoundError(
-                f"dataset.pairs_from={spec.pairs_from}: file not found; give a CSV with columns "
-                "wnid,accuracy (per-class background-only accuracy)"
-            )
-        n = spec.pairs_count
-        return select_pairs(read_accuracy_csv(spec.pairs_from), n_fg=n, n_bg=n)
-    pairs = spec.pairs
-    if pairs is None:
-        return None
-    if pairs == "paper":
-        missing = sorted((set(PAPER_V2_PAIRS) | set(PAPER_V2_PAIRS.values())) - set(index.wnids))
-        if missing:
-            raise ValueError(
-                f"dataset.pairs=paper names ImageNet classes this source lacks ({len(missing)}, e.g. "
-                f"{missing[:3]}); on another source set dataset.pairs={{fg_wnid: bg_wnid, ...}} or "
-                "dataset.pairs_from=<background-accuracy CSV>"
-            )
-        return dict(PAPER_V2_PAIRS)
-    if isinstance(pairs, str):
-        raise ValueError(
-            f"dataset.pairs must be null, 'paper' or a mapping fg_wnid: bg_wnid, got {pairs!r}"
-        )
-    return {str(k): str(v) for k, v in dict(pairs).items()}
-
-
 def make_recipe(cfg: DictConfig, index: SourceIndex) -> pd.DataFrame:
     """The recipe the config asks for (hsi.generate.recipe.build_recipe with the config's keys)."""
     spec = DatasetSpec.from_config(cfg.dataset)
@@ -82,6 +64,23 @@ def make_recipe(cfg: DictConfig, index: SourceIndex) -> pd.DataFrame:
         replacement=spec.replacement,
         resolution=spec.resolution,
     )
+
+
+def check_settings(cfg: DictConfig) -> DatasetSpec:
+    """Everything cheap to check, before any source is read or any file written."""
+    spec = DatasetSpec.from_config(cfg.dataset)
+    shard, num_shards = cfg.shard, cfg.num_shards
+    for key, value in (("shard", shard), ("num_shards", num_shards), ("workers", cfg.workers)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: must be a whole number")
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(
+            f"shard={shard} num_shards={num_shards}: need 0 <= shard < num_shards; "
+            f"set shard to one of 0..{max(num_shards - 1, 0)} (or num_shards >= 1)"
+        )
+    check_out(cfg.out)
+    check_components(cfg)
+    return spec
 
 
 def check_components(cfg: DictConfig) -> None:
@@ -103,10 +102,17 @@ def check_components(cfg: DictConfig) -> None:
             )
     # The components check their own settings (checkpoint files included) when built; models
     # load lazily, so building them here is cheap and fails before any image is touched.
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    instantiate(cfg.mask)
-    instantiate(cfg.inpaint)
+    for group in ("mask", "inpaint"):
+        try:
+            instantiate(cfg[group])
+        except InstantiationException as e:
+            # the component's own message names the key and the file; Hydra's wrapper hides it
+            if isinstance(e.__cause__, (ValueError, OSError)):
+                raise e.__cause__ from None
+            raise
 
 
 def prepare_output(cfg: DictConfig, index: SourceIndex) -> pd.DataFrame:
@@ -147,6 +153,7 @@ class WorkerSettings:
     resolution: int
     core_box: str
     with_alpha: bool
+    journal: str  # where each finished image's hashes go (hsi.generate.layout)
 
 
 class AssetMaker:
@@ -207,6 +214,7 @@ def make_item(maker: AssetMaker, task: AssetTask) -> ItemResult:
     except Exception as e:  # recorded in the manifest, the run goes on
         return failed(f"inpaint: {type(e).__name__}: {e}")
     hashes = maker.store.save(task.key, assets)
+    append_journal(settings.journal, task.key, hashes)
     return ItemResult(task.key, "ok", "", hashes, pid=os.getpid(), counters=maker.counters())
 
 
@@ -219,6 +227,7 @@ class BuildSummary:
     items: int  # images of this shard
     done: int = 0
     skipped: int = 0  # already complete from an earlier run
+    rebuilt: list[str] = field(default_factory=list)  # files there that this build did not vouch for
     failures: list[tuple[str, str]] = field(default_factory=list)
     workers: dict[int, dict[str, int]] = field(default_factory=dict)  # pid -> counters
     seconds: float = 0.0
@@ -237,6 +246,12 @@ class BuildSummary:
             f"  recipe:   {folder.recipe_path}",
             f"  manifest: {folder.manifest_path(self.shard, self.num_shards)}",
         ]
+        if self.rebuilt:
+            lines.append(
+                f"  {len(self.rebuilt)} images made again: their files differed from the hashes "
+                f"this build recorded, or had none (e.g. {', '.join(self.rebuilt[:5])})"
+            )
+        lines.append(f"  skipped:  {folder.skipped_path}")
         for key, reason in self.failures[:20]:
             lines.append(f"  FAILED {key}: {reason}")
         if self.failed > 20:
@@ -255,36 +270,69 @@ def _manifest_row(key: str, status: str, reason: str, hashes: Mapping[str, str])
     }
 
 
+def _vouched(store: AssetStore, key: str, kinds: tuple[str, ...], records: list[dict]) -> dict:
+    """{kind: sha256} when every asset of `key` has the bytes a record of this build holds."""
+    hashes = {}
+    for kind in kinds:
+        path = store.path(kind, key)
+        if not path.is_file():
+            return {}
+        hashes[kind] = sha256_file(path)
+    for record in records:
+        if all(record.get(key, {}).get(kind) == hashes[kind] for kind in kinds):
+            return hashes
+    return {}
+
+
 def run_build(cfg: DictConfig, index: SourceIndex | None = None) -> BuildSummary:
     """Make the assets of this shard (see the module docstring); returns the summary.
 
     `index`: the source already read by the caller (it is read here otherwise).
     """
-    from hsi.sources import load_source
-
     start = time.perf_counter()
-    check_components(cfg)
-    spec = DatasetSpec.from_config(cfg.dataset)
+    spec = check_settings(cfg)
     out, shard, num_shards = Path(cfg.out), int(cfg.shard), int(cfg.num_shards)
     folder = DatasetFolder(out)
+    with folder.lock("build", shard, num_shards):
+        return _build_shard(cfg, spec, folder, shard, num_shards, index, start)
+
+
+def _build_shard(
+    cfg: DictConfig,
+    spec: DatasetSpec,
+    folder: DatasetFolder,
+    shard: int,
+    num_shards: int,
+    index: SourceIndex | None,
+    start: float,
+) -> BuildSummary:
+    from hsi.scores import skipped_table
+    from hsi.sources import load_source
+
     if index is None:
         index = load_source(cfg.source)
     recipe = prepare_output(cfg, index)
     items = shard_items(needed_images(recipe), shard, num_shards)
     records = {r.key: r for r in index.records}
     kinds = spec.asset_kinds
-    store = AssetStore(out, cache_size=0)
+    store = AssetStore(folder.out, cache_size=0)
     remove_stale_temps(store.path(kind, key) for key in items for kind in kinds)
+    recorded = [
+        folder.ok_hashes(kinds),
+        folder.read_journal(shard, num_shards, kinds),
+    ]
 
-    summary = BuildSummary(out=out, shard=shard, num_shards=num_shards, items=len(items))
+    summary = BuildSummary(out=folder.out, shard=shard, num_shards=num_shards, items=len(items))
     rows: dict[str, dict] = {}
     tasks: list[AssetTask] = []
     for key in items:
-        if store.exists(key, kinds):
-            hashes = {kind: sha256_file(store.path(kind, key)) for kind in kinds}
+        hashes = _vouched(store, key, kinds, recorded)
+        if hashes:
             rows[key] = _manifest_row(key, "ok", "", hashes)
             summary.skipped += 1
             continue
+        if any(store.path(kind, key).is_file() for kind in kinds):
+            summary.rebuilt.append(key)
         r = records[key]
         path = str((Path(index.root) / r.path).resolve())
         tasks.append(
@@ -294,10 +342,11 @@ def run_build(cfg: DictConfig, index: SourceIndex | None = None) -> BuildSummary
     settings = WorkerSettings(
         mask=OmegaConf.to_container(cfg.mask, resolve=True),
         inpaint=OmegaConf.to_container(cfg.inpaint, resolve=True),
-        out=str(out),
+        out=str(folder.out),
         resolution=spec.resolution,
         core_box=spec.core_box,
         with_alpha="alpha" in kinds,
+        journal=str(folder.journal_path(shard, num_shards)),
     )
     results = ordered_map(
         make_item,
@@ -318,5 +367,10 @@ def run_build(cfg: DictConfig, index: SourceIndex | None = None) -> BuildSummary
             summary.failures.append((result.key, result.reason))
 
     folder.write_manifest(shard, num_shards, list(rows.values()))
+    folder.journal_path(shard, num_shards).unlink(missing_ok=True)
+    reader_skips = list(skipped_table(index).itertuples(index=False, name=None))
+    paths = {key: r.path for key, r in records.items()}
+    with folder.lock("skipped", wait=True):  # shards ending at once: each writes the union
+        folder.write_skipped(reader_skips, paths)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -8,7 +8,8 @@ files, the metadata table and the settings, are hsi.generate.layout's):
 
 PNG pixels are exactly `hsi.generate.compose.compose`'s output; JPEG adds only its own encoding loss.
 Sharded like the build (`shard_items` over the recipe sorted by sample_id) and resumable: a file
-that exists is complete (atomic writes) and is skipped.
+that exists is kept when it holds exactly the bytes this export makes, and replaced (and named in
+the report) otherwise, so the folder never adopts a file it did not write.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from hsi.generate.layout import (
     DatasetFolder,
     csv_bytes,
 )
-from hsi.io import atomic_save_png, atomic_write_bytes, remove_stale_temps, shard_items, write_once
+from hsi.io import atomic_write_bytes, png_bytes, remove_stale_temps, shard_items, write_once
 from hsi.workers import ordered_map
 
 FORMATS = {"png": "png", "jpeg": "JPEG"}  # export.format -> file extension (ImageNet's .JPEG)
@@ -78,16 +79,20 @@ class Exporter:
         self.composer = Composer.from_output(settings.out)
 
 
-def export_one(exporter: Exporter, task: tuple[dict, str]) -> str:
+def export_one(exporter: Exporter, task: tuple[dict, str]) -> tuple[str, str]:
+    """(relpath, written | kept | replaced): an existing file is kept only if it is these bytes."""
     row, relpath = task
     settings = exporter.settings
     image = exporter.composer(row)
+    data = png_bytes(image) if settings.fmt == "png" else encode_jpeg(image, settings.quality)
     path = Path(settings.dest) / relpath
-    if settings.fmt == "png":
-        atomic_save_png(path, image)
-    else:
-        atomic_write_bytes(path, encode_jpeg(image, settings.quality))
-    return relpath
+    status = "written"
+    if path.is_file():
+        if path.read_bytes() == data:
+            return relpath, "kept"
+        status = "replaced"
+    atomic_write_bytes(path, data)
+    return relpath, status
 
 
 @dataclass
@@ -97,15 +102,22 @@ class ExportSummary:
     num_shards: int
     samples: int
     written: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already there with the right bytes
+    replaced: list[str] = field(default_factory=list)  # there with other bytes: not ours
     seconds: float = 0.0
 
     def report(self) -> str:
-        return (
+        text = (
             f"hsi-generate export, shard {self.shard} of {self.num_shards}: {self.samples} samples -> "
-            f"{self.written} written, {self.skipped} skipped (already there) in {self.seconds:.1f} s\n"
+            f"{self.written} written, {self.skipped} skipped (already there), "
+            f"replaced {len(self.replaced)} in {self.seconds:.1f} s\n"
             f"  files:    {self.dest}\n  metadata: {self.dest / EXPORT_METADATA_FILE}"
         )
+        if self.replaced:
+            shown = ", ".join(self.replaced[:10])
+            more = f" and {len(self.replaced) - 10} more" if len(self.replaced) > 10 else ""
+            text += f"\n  replaced files this export did not write: {shown}{more}"
+        return text
 
 
 def _check_assets(composer: Composer, rows: list[dict]) -> None:
@@ -160,17 +172,11 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     remove_stale_temps(dest / r["path"] for r in mine)
 
     summary = ExportSummary(dest=dest, shard=shard, num_shards=num_shards, samples=len(mine))
-    tasks = []
-    for row in mine:
-        if (dest / row["path"]).is_file():
-            summary.skipped += 1
-        else:
-            recipe_row = {k: v for k, v in row.items() if k != "path"}
-            tasks.append((recipe_row, row["path"]))
+    tasks = [({k: v for k, v in row.items() if k != "path"}, row["path"]) for row in mine]
     settings = ExportSettings(
         out=str(out), dest=str(dest), fmt=fmt, quality=int(cfg.export.quality)
     )
-    for _ in ordered_map(
+    for done in ordered_map(
         export_one,
         tasks,
         workers=int(cfg.workers),
@@ -180,7 +186,13 @@ def run_export(cfg: DictConfig) -> ExportSummary:
         desc=f"export shard {shard}/{num_shards}",
         unit="img",
     ):
-        summary.written += 1
+        relpath, status = done
+        if status == "kept":
+            summary.skipped += 1
+        else:
+            summary.written += 1
+            if status == "replaced":
+                summary.replaced.append(relpath)
     write_once(meta_path, meta_bytes, f"delete {dest} or set export.dir to another folder")
     summary.seconds = time.perf_counter() - start
     return summary

@@ -11,10 +11,12 @@ This module is the only one that knows the file names inside a built dataset:
     skipped.csv                  source entries the reader skipped and images that failed to
                                  decode or inpaint (columns path, reason, as hsi-scores')
     .lock-<what>-<i>-of-<n>      held by the process working on that shard (pid inside)
+    .journal-build-<i>-of-<n>    while a shard builds: key and hashes of each image it finished
+                                 (what a rerun after a crash may trust); removed with the manifest
     export/                      `hsi-generate export`'s default folder (metadata.csv, export.json)
 
-`DatasetSpec` is the `dataset` config node parsed once, with its defaults and checks (paper
-000, §4: resolution, the three object sizes, counts per group, the pasting variant).
+The spec of what is built (`DatasetSpec`, the build's keys) is hsi.generate.spec's; it is
+re-exported here so that users of a built folder need one import.
 """
 
 from __future__ import annotations
@@ -24,14 +26,23 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from hsi.generate.recipe import RecipeCounts, needed_images
-from hsi.groups import default_sizes
+from hsi.generate.recipe import needed_images
+from hsi.generate.spec import (
+    ASSET_KINDS,
+    CORE_BOXES,
+    GENERATION_KEYS,
+    PASTE_MODES,
+    RESIZE_MODES,
+    RUNTIME_KEYS,
+    ConfigError,
+    DatasetSpec,
+    generation_config,
+)
 from hsi.io import atomic_write_bytes, write_once
 
 CONFIG_FILE = "config.yaml"
@@ -44,125 +55,9 @@ EXPORT_DIR = "export"
 EXPORT_METADATA_FILE = "metadata.csv"
 EXPORT_SETTINGS_FILE = "export.json"
 
-# The keys that decide what is built (saved as config.yaml) ...
-GENERATION_KEYS = ("seed", "source", "mask", "inpaint", "dataset")
-# ... and the keys that change how a build runs, never what it holds: left out of config.yaml
-# (also from the source node) and of anything that names the data a job uses.
-RUNTIME_KEYS = ("workers", "progress", "shard", "num_shards")
 MANIFEST_COLUMNS = ("key", "status", "reason", "bg_sha256", "core_sha256", "alpha_sha256")
 SKIPPED_COLUMNS = ("path", "reason")
-ASSET_KINDS = ("bg", "core", "alpha")
-RESIZE_MODES = ("squash", "fit")
-PASTE_MODES = ("rect", "alpha")
-CORE_BOXES = ("largest", "first")
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.csv$")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the key and the fix."""
-
-
-# ----------------------------------------------------------------------------- the spec
-@dataclass(frozen=True)
-class DatasetSpec:
-    """The `dataset` node with its defaults applied and checked (conf/dataset/*.yaml)."""
-
-    name: str
-    resolution: int
-    sizes: tuple[int, int, int]
-    counts: RecipeCounts
-    classes: tuple[str, ...] | None = None
-    pairs: object = None  # null (v1) | "paper" | {fg_wnid: bg_wnid}
-    pairs_from: str | None = None
-    pairs_count: int = 10
-    replacement: bool = False
-    resize_mode: str = "squash"
-    paste: str = "rect"
-    core_box: str = "largest"
-
-    @classmethod
-    def from_config(cls, node: Mapping) -> DatasetSpec:
-        """Parse (and check) a `dataset` node; every error names its key and the fix."""
-        node = _plain(node)
-        resolution = _int(node, "resolution", None)
-        if resolution < 1:
-            raise ConfigError(f"dataset.resolution={resolution}: must be a positive pixel count")
-        raw_sizes = node.get("sizes")
-        sizes = default_sizes(resolution) if raw_sizes is None else tuple(raw_sizes)
-        bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int)]
-        if bad or len(sizes) != 3 or list(sizes) != sorted(set(sizes)):
-            raise ConfigError(
-                f"dataset.sizes={list(sizes)}: give three distinct whole pixel sizes, small to "
-                f"large (e.g. dataset.sizes=[16,24,32]), or null for 1/4, 3/8, 1/2 of the resolution"
-            )
-        if sizes[0] < 1 or sizes[-1] > resolution:
-            raise ConfigError(
-                f"dataset.sizes={list(sizes)}: every size must lie in 1..dataset.resolution "
-                f"({resolution}); set dataset.sizes=null for {list(default_sizes(resolution))}"
-            )
-        counts = node.get("counts") or {}
-        train = counts.get("train") or {}
-        try:
-            recipe_counts = RecipeCounts(
-                train_easy=train.get("easy"),
-                train_medium=train.get("medium"),
-                train_hard=train.get("hard"),
-                val=counts.get("val"),
-                test=counts.get("test"),
-            )
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"dataset.counts: {e}") from None
-        classes = node.get("classes")
-        spec = cls(
-            name=str(node.get("name", "hsi")),
-            resolution=resolution,
-            sizes=tuple(int(s) for s in sizes),
-            counts=recipe_counts,
-            classes=None if classes is None else tuple(str(c) for c in classes),
-            pairs=node.get("pairs"),
-            pairs_from=node.get("pairs_from") or None,
-            pairs_count=_int(node, "pairs_count", 10),
-            replacement=bool(node.get("replacement", False)),
-            resize_mode=str(node.get("resize_mode", "squash")),
-            paste=str(node.get("paste", "rect")),
-            core_box=str(node.get("core_box", "largest")),
-        )
-        for key, value, allowed in (
-            ("resize_mode", spec.resize_mode, RESIZE_MODES),
-            ("paste", spec.paste, PASTE_MODES),
-            ("core_box", spec.core_box, CORE_BOXES),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"dataset.{key}={value!r}: must be one of {', '.join(allowed)}")
-        return spec
-
-    @property
-    def asset_kinds(self) -> tuple[str, ...]:
-        """Assets each image needs: the alpha mask only for `paste: alpha` (SAM variant)."""
-        return ASSET_KINDS if self.paste == "alpha" else ASSET_KINDS[:2]
-
-
-def _plain(node: Mapping) -> dict:
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return dict(node)
-
-
-def _int(node: Mapping, key: str, default: int | None) -> int:
-    value = node.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"dataset.{key}={value!r}: must be a whole number")
-    return value
-
-
-def generation_config(cfg: DictConfig | Mapping) -> str:
-    """The resolved YAML of the keys that decide the output (what config.yaml holds)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    chosen = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(GENERATION_KEYS)), resolve=True)
-    for key in RUNTIME_KEYS:
-        chosen["source"].pop(key, None)
-    return OmegaConf.to_yaml(OmegaConf.create(chosen))
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -181,6 +76,34 @@ def read_recipe(path: str | os.PathLike) -> pd.DataFrame:
 def read_export_recipe(export_dir: str | os.PathLike) -> pd.DataFrame:
     """The recipe of an export folder (its metadata.csv: the recipe plus `path`)."""
     return read_recipe(Path(export_dir) / EXPORT_METADATA_FILE)
+
+
+def append_journal(path: str | os.PathLike, key: str, hashes: Mapping[str, str]) -> None:
+    """One line per finished image, one write() each: lines of workers never interleave."""
+    line = "\t".join([key, *hashes.values()]) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """`out` must be a folder (or creatable as one) this process can write into; nothing is made."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder; set out= to a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"out={out}: {existing} is a file, not a folder; set out= to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"out={out}: {existing} is not writable; set out= to a writable folder")
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -225,6 +148,9 @@ class DatasetFolder:
 
     def manifest_path(self, shard: int, num_shards: int) -> Path:
         return self.manifest_dir / f"shard-{shard}-of-{num_shards}.csv"
+
+    def journal_path(self, shard: int, num_shards: int) -> Path:
+        return self.out / f".journal-build-{shard}-of-{num_shards}"
 
     def asset_path(self, kind: str, key: str) -> Path:
         """assets/<kind>/<split>/<image_id>.png for an ImageRecord key "<split>/<image_id>"."""
@@ -354,6 +280,22 @@ class DatasetFolder:
         covered = set(self.read_manifests()["key"])
         return set(needed_images(self.read_recipe())) <= covered
 
+    def read_journal(self, shard: int, num_shards: int, kinds: Sequence[str]) -> dict:
+        """{key: {kind: sha256}} of the images an interrupted run of this shard finished.
+
+        A line cut by a kill does not parse and is ignored: that image is simply made again.
+        """
+        path = self.journal_path(shard, num_shards)
+        if not path.is_file():
+            return {}
+        found = {}
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+            fields = line.split("\t")
+            if len(fields) != 1 + len(kinds) or not all(_is_sha256(f) for f in fields[1:]):
+                continue
+            found[fields[0]] = dict(zip(kinds, fields[1:], strict=True))
+        return found
+
     # ---- skipped inputs
     def write_skipped(self, reader_skips: Sequence[tuple[str, str]], path_of: Mapping) -> Path:
         """skipped.csv: the reader's skips, then every failed image of all manifests so far.
@@ -369,15 +311,20 @@ class DatasetFolder:
 
     # ---- locks
     @contextlib.contextmanager
-    def lock(self, what: str, shard: int | None = None, num_shards: int | None = None) -> Iterator:
-        """Hold `what`'s lock (e.g. build shard 0 of 4) or fail at once naming the holder's pid."""
+    def lock(
+        self, what: str, shard: int | None = None, num_shards: int | None = None, wait: bool = False
+    ) -> Iterator:
+        """Hold `what`'s lock (e.g. build shard 0 of 4) or fail at once naming the holder's pid.
+
+        `wait=True` waits for the holder instead (short critical sections such as skipped.csv).
+        """
         name = f".lock-{what}" + (f"-{shard}-of-{num_shards}" if shard is not None else "")
         path = self.out / name
         self.out.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
                 where = f"shard {shard} of {num_shards}" if shard is not None else "it"
@@ -394,9 +341,14 @@ class DatasetFolder:
 
 __all__ = [
     "ASSET_KINDS",
+    "CORE_BOXES",
     "GENERATION_KEYS",
+    "PASTE_MODES",
+    "RESIZE_MODES",
     "RUNTIME_KEYS",
     "ConfigError",
+    "append_journal",
+    "check_out",
     "DatasetFolder",
     "DatasetSpec",
     "LockedError",

@@ -20,7 +20,8 @@ reason (image left out): unreadable header, malformed annotation, several annota
 one id, a duplicate image id, a class folder whose wnid is not in the synset file (one skip per
 image: a partial copy of ImageNet keeps working), a flat val image whose label cannot be told
 (no annotation, unknown or ambiguous name, names of several classes), files that are not
-`.JPEG`/`.jpg`. Images without any box stay in the index with `boxes=()` (most of train).
+`.JPEG`/`.jpg`, any entry the file system cannot give (a self-looping or dangling link, a class
+folder that cannot be listed, an I/O error: one skip naming the error). Images without any box stay in the index with `boxes=()` (most of train).
 Every box of an image counts as an object of the image's class, as in ImageNet CLS-LOC, so box
 names are used only to label flat val images.
 """
@@ -120,6 +121,8 @@ def _read_one(_state: None, task: tuple[str, str | None]) -> tuple:
         size = read_size(image_path)
     except ImageReadError as e:
         return None, str(e), None, None
+    except OSError as e:  # a link to nowhere, a loop, an I/O error: this image only
+        return None, _os_reason(e), None, None
     if xml_path is None:
         return size, None, None, None
     try:
@@ -131,6 +134,16 @@ def _read_one(_state: None, task: tuple[str, str | None]) -> tuple:
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def _os_reason(error: OSError) -> str:
+    """`unreadable entry (OSError: [Errno 40] Too many levels of symbolic links)`."""
+    return f"unreadable entry ({type(error).__name__}: [Errno {error.errno}] {error.strerror or error})"
+
+
+def _listing(folder: str | os.PathLike) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda e: e.name)
 
 
 class ImageNetSource:
@@ -249,18 +262,29 @@ class ImageNetSource:
             else:
                 found.append(_ImageFile(os.path.splitext(name)[0], path, rel, folder))
 
-        for entry in sorted(os.scandir(image_dir), key=lambda e: e.name):
+        for entry in _listing(image_dir):
             if _is_hidden(entry.name):
                 continue
             rel = f"{rel_dir}/{entry.name}"
-            if not entry.is_dir():
+            try:
+                is_dir = entry.is_dir()
+                subs = _listing(entry.path) if is_dir else []
+            except OSError as e:  # one entry (or one class folder) only, never the whole read
+                skipped.append(Skip(rel, _os_reason(e)))
+                continue
+            if not is_dir:
                 consider(entry.path, rel, entry.name, None)
                 continue
-            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            for sub in subs:
                 if _is_hidden(sub.name):
                     continue
                 sub_rel = f"{rel}/{sub.name}"
-                if sub.is_dir():
+                try:
+                    sub_is_dir = sub.is_dir()
+                except OSError as e:
+                    skipped.append(Skip(sub_rel, _os_reason(e)))
+                    continue
+                if sub_is_dir:
                     skipped.append(
                         Skip(
                             sub_rel,
@@ -281,17 +305,25 @@ class ImageNetSource:
                 unique.append(f)
         return unique
 
-    @staticmethod
-    def _index_xml(folder: Path) -> dict[str, list[str]]:
+    def _index_xml(self, folder: Path, skipped: list[Skip]) -> dict[str, list[str]]:
         """image id -> XML paths, from files in `folder` and in its subfolders (one level)."""
         index: dict[str, list[str]] = {}
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            entries = (
-                sorted(os.scandir(entry.path), key=lambda e: e.name) if entry.is_dir() else [entry]
-            )
+        for entry in _listing(folder):
+            try:
+                entries = _listing(entry.path) if entry.is_dir() else [entry]
+            except OSError as e:
+                skipped.append(Skip(self._rel(entry.path), _os_reason(e)))
+                continue
             for e in entries:
                 stem, suffix = os.path.splitext(e.name)
-                if suffix.lower() == ".xml" and not _is_hidden(e.name) and e.is_file():
+                if suffix.lower() != ".xml" or _is_hidden(e.name):
+                    continue
+                try:
+                    is_file = e.is_file()
+                except OSError as error:
+                    skipped.append(Skip(self._rel(e.path), _os_reason(error)))
+                    continue
+                if is_file:
                     index.setdefault(stem, []).append(e.path)
         return index
 
@@ -344,7 +376,7 @@ class ImageNetSource:
         if box_source.suffix.lower() == ".csv":
             csv_boxes = read_loc_solution(box_source, errors=csv_errors)
         else:
-            xml_index = self._index_xml(box_source)
+            xml_index = self._index_xml(box_source, index.skipped)
         known_ids = {image.image_id for image in images}
         orphans = sum(1 for i in (*xml_index, *csv_boxes) if i not in known_ids)
         if orphans:
