@@ -26,7 +26,13 @@ from hsi.generate.compose import compose as compose_sample
 from hsi.generate.export import run_export
 from hsi.generate.inpaint.inpainters import LamaInpainter, OpenCVInpainter
 from hsi.generate.inpaint.masks import BoxMasker
-from hsi.generate.layout import DatasetFolder, LockedError
+from hsi.generate.layout import (
+    RUNTIME_KEYS,
+    DatasetFolder,
+    LockedError,
+    generation_config,
+    without_runtime_keys,
+)
 from hsi.generate.recipe import COLUMNS, needed_images
 from hsi.generate.validate import validate_output
 from hsi.groups import placement_xy
@@ -800,3 +806,14 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_runtime_keys_do_not_change_the_saved_config(tmp_path):
+    base = make_cfg(tmp_path / "out", tmp_path / "src")
+    runtime = ["workers=3", "num_shards=4", "shard=2", "source.workers=2", "source.progress=true"]
+    other = make_cfg(tmp_path / "out", tmp_path / "src", *runtime)
+    assert generation_config(other) == generation_config(base)
+    assert "workers" not in generation_config(base) and "progress" not in generation_config(base)
+    plain = without_runtime_keys({"out": "o", "shard": 1, "source": {"root": "r", "workers": 4}})
+    assert plain == {"out": "o", "source": {"root": "r"}}
+    assert set(RUNTIME_KEYS) == {"workers", "progress", "shard", "num_shards"}

@@ -42,6 +42,7 @@ from hsi.generate.spec import (
     ConfigError,
     DatasetSpec,
     generation_config,
+    without_runtime_keys,
 )
 from hsi.io import atomic_write_bytes, write_once
 
@@ -356,4 +357,5 @@ __all__ = [
     "generation_config",
     "read_export_recipe",
     "read_recipe",
+    "without_runtime_keys",
 ]

@@ -129,6 +129,18 @@ def generation_config(cfg: DictConfig | Mapping) -> str:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     chosen = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(GENERATION_KEYS)), resolve=True)
+    return OmegaConf.to_yaml(OmegaConf.create(without_runtime_keys(chosen)))
+
+
+def without_runtime_keys(generate: Mapping) -> dict:
+    """A plain copy of a generation config without RUNTIME_KEYS, at its top and in its source.
+
+    What is left names the data a build holds: two configs that differ only in runtime keys
+    give the same dataset (and the same saved config).
+    """
+    node = dict(generate)
     for key in RUNTIME_KEYS:
-        chosen["source"].pop(key, None)
-    return OmegaConf.to_yaml(OmegaConf.create(chosen))
+        node.pop(key, None)
+    if isinstance(node.get("source"), Mapping):
+        node["source"] = {k: v for k, v in node["source"].items() if k not in RUNTIME_KEYS}
+    return node
