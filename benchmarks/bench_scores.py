@@ -21,6 +21,7 @@ from PIL import Image
 
 from hsi.io import item_rng
 from hsi.scores import bias_scores
+from hsi.sources import imagenet
 from hsi.sources.imagenet import ImageNetSource
 from hsi.sources.voc import voc_xml
 
@@ -86,6 +87,7 @@ def main() -> None:
         print(f"wrote {len(paths)} JPEGs in {time.perf_counter() - start:.1f} s under {root}")
 
         rates, tables = {}, {}
+        imagenet.MIN_TASKS_PER_WORKER = 0  # measure the pool even on a small tree
         for workers in (1, 2):
             start = time.perf_counter()
             index = ImageNetSource(root, workers=workers, progress=False).load()

@@ -46,6 +46,7 @@ from hsi.workers import ordered_map
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
+MIN_TASKS_PER_WORKER = 2000  # fewer images per worker are read in this process
 SPLITS = ("train", "val")
 _IMAGE_PATTERN = {
     "train": "train/<wnid>/*.JPEG",
@@ -332,11 +333,14 @@ class ImageNetSource:
     def _map(self, tasks: list, desc: str) -> list:
         """_read_one over tasks, in order; in worker processes when workers > 1 (same result)."""
         chunk = max(1, min(512, len(tasks) // (self.workers * 8)))
+        # A header read takes well under a millisecond and a spawned worker a second or more to
+        # start: small reads stay in this process (the result is the same either way).
+        workers = self.workers if len(tasks) >= MIN_TASKS_PER_WORKER * self.workers else 1
         return list(
             ordered_map(
                 _read_one,
                 tasks,
-                workers=self.workers,
+                workers=workers,
                 progress=self.progress,
                 desc=desc,
                 unit="img",
