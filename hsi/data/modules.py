@@ -183,8 +183,10 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         self.dropped = recipe[bad].reset_index(drop=True)
         if bad.any():
             examples = "; ".join(f"{k}: {failed[k]}" for k in sorted(failed)[:3])
-            message = (f"{int(bad.sum())} of {len(recipe)} samples use source images whose assets failed "
-                       f"({len(failed)} images, e.g. {examples}); see {folder.manifest_dir}")  # fmt: skip
+            message = (
+                f"{int(bad.sum())} of {len(recipe)} samples use source images whose assets "
+                f"failed ({len(failed)} images, e.g. {examples}); see {folder.manifest_dir}"
+            )
             if not self.drop_failed:
                 raise RuntimeError(
                     message + "; fix them and rerun `hsi-generate build`, or set drop_failed=true"

@@ -185,7 +185,9 @@ class DatasetFolder:
     def read_recipe(self) -> pd.DataFrame:
         return read_recipe(self.recipe_path)
 
-    def write_definition(self, config_text: str, recipe: pd.DataFrame, pairs: Mapping | None) -> None:
+    def write_definition(
+        self, config_text: str, recipe: pd.DataFrame, pairs: Mapping | None
+    ) -> None:
         """Write config.yaml, recipe.csv (and pairs.csv): absent, identical, or an error.
 
         Shards running at once all compute the same bytes, so concurrent atomic writes are
