@@ -31,10 +31,10 @@ from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets
 
 from hsi.benchmark import default_workers, evaluate, pick_device
-from hsi.build import run_build
 from hsi.data.modules import HSIDataModule
 from hsi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from hsi.export import export_dir, run_export
+from hsi.generate.build import run_build
+from hsi.generate.export import export_dir, run_export
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -64,7 +64,7 @@ def make_cfg(args: list[str]):
 RSS_CHILD = """
 import json, resource, sys, time
 from hydra import compose, initialize_config_dir
-from hsi.build import run_build
+from hsi.generate.build import run_build
 with initialize_config_dir({conf!r}, version_base="1.3"):
     cfg = compose("generate", json.loads(sys.argv[1]))
 start = time.perf_counter()
@@ -115,9 +115,9 @@ def main() -> None:
     from PIL import Image
     from torchvision import transforms
 
-    from hsi.build import run_build
-    from hsi.compose import Composer
-    from hsi.export import run_export
+    from hsi.generate.build import run_build
+    from hsi.generate.compose import Composer
+    from hsi.generate.export import run_export
     from hsi.sources import load_source
 
     with tempfile.TemporaryDirectory() as tmp:

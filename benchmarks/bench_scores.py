@@ -24,22 +24,16 @@ from PIL import Image
 
 from hsi.io import item_rng
 from hsi.scores import bias_scores
+from hsi.sources import imagenet
 from hsi.sources.imagenet import ImageNetSource
 from hsi.sources.record import ClassInfo, ImageRecord, SourceIndex
+from hsi.sources.voc import voc_xml
 
 N_CLASSES = 10
 
 
 def _xml(filename: str, wnid: str, size: tuple[int, int], boxes: list[tuple[int, ...]]) -> str:
-    objects = "".join(
-        f"<object><name>{wnid}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-        for x0, y0, x1, y1 in boxes
-    )
-    return (
-        f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
-        f"<height>{size[1]}</height><depth>3</depth></size>{objects}</annotation>"
-    )
+    return voc_xml(filename, size, [(wnid, box) for box in boxes])
 
 
 def write_tree(root: Path, n_images: int, max_side: int = 160, seed: int = 0) -> list[Path]:
@@ -118,6 +112,7 @@ def main() -> None:
         print(f"wrote {len(paths)} JPEGs in {time.perf_counter() - start:.1f} s under {root}")
 
         rates, tables = {}, {}
+        imagenet.MIN_TASKS_PER_WORKER = 0  # measure the pool even on a small tree
         for workers in (1, 2):
             start = time.perf_counter()
             index = ImageNetSource(root, workers=workers, progress=False).load()

@@ -44,13 +44,18 @@ def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def atomic_save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """uint8 HxW or HxWxC array as a PNG; PIL writes no timestamp, so the bytes are reproducible."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 HxW or HxWxC array as PNG bytes; PIL writes no timestamp, so they are reproducible."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """uint8 HxW or HxWxC array as a PNG file (`png_bytes`), written atomically."""
+    return atomic_write_bytes(path, png_bytes(array))
 
 
 def stable_seed(*keys: object) -> int:
@@ -77,3 +82,49 @@ def shard_items(items: Iterable, shard: int, num_shards: int) -> list:
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard} num_shards={num_shards}")
     return [x for i, x in enumerate(items) if i % num_shards == shard]
+
+
+def write_once(path: str | os.PathLike, data: bytes, hint: str) -> None:
+    """Write `data` if `path` is absent; accept an identical file; refuse a different one.
+
+    Processes writing the same bytes at once are harmless (atomic writes). The error shows the
+    first differing lines and `hint` (what to do).
+    """
+    import difflib
+
+    path = Path(path)
+    if path.is_file():
+        old = path.read_bytes()
+        if old == data:
+            return
+        lines_old = old.decode("utf-8", "replace").splitlines(True)[:2000]
+        lines_new = data.decode("utf-8", "replace").splitlines(True)[:2000]
+        diff = difflib.unified_diff(lines_old, lines_new, "on disk", "this run", n=0)
+        shown = "".join(list(diff)[:40])
+        raise ValueError(f"{path} exists and differs from what this run produces; {hint}\n{shown}")
+    atomic_write_bytes(path, data)
+
+
+def remove_stale_temps(paths: Iterable[Path]) -> int:
+    """Delete temp files a killed run left for exactly these target files (this module's naming).
+
+    Only these targets' temps are touched, so other processes writing into the same folders at
+    the same time are never disturbed. One directory listing per folder.
+    """
+    by_dir: dict[Path, set[str]] = {}
+    for p in paths:
+        p = Path(p)
+        by_dir.setdefault(p.parent, set()).add(p.name)
+    removed = 0
+    for folder, names in sorted(by_dir.items()):
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") and name.endswith(".tmp"):
+                    target = name[1:-4].rsplit(".", 1)[0]
+                    if target in names:
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed

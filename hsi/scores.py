@@ -1,4 +1,4 @@
-"""Centre and size bias scores of every class (SPEC §2, paper "Corner Cases" §3).
+"""Centre and size bias scores of every class (paper 000, "Corner Cases", §3.1-3.2).
 
 Coordinates are normalised by the image width W and height H, so a box centre
 (cx, cy) becomes (cx/W, cy/H) in [0, 1]^2 and the image centre is (0.5, 0.5).

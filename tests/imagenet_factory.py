@@ -7,11 +7,12 @@ tests work out by hand what the reader must make of it.
 from __future__ import annotations
 
 import io
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from hsi.sources.voc import voc_xml  # re-exported for the reader tests
 
 SYNSETS = (
     ("n01440764", "tench, Tinca tinca"),
@@ -88,30 +89,6 @@ def write_image(path: Path, size: tuple[int, int], kind: str = "rgb", color=(200
 
 def _num(v: float) -> str:
     return f"{v:g}"
-
-
-def voc_xml(filename: str, size: tuple[int, int] | None, objects, folder: str = "") -> str:
-    """An annotation in ImageNet's VOC style."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = folder
-    ET.SubElement(root, "filename").text = filename
-    ET.SubElement(ET.SubElement(root, "source"), "database").text = "ILSVRC_2012"
-    if size is not None:
-        node = ET.SubElement(root, "size")
-        ET.SubElement(node, "width").text = str(size[0])
-        ET.SubElement(node, "height").text = str(size[1])
-        ET.SubElement(node, "depth").text = "3"
-    ET.SubElement(root, "segmented").text = "0"
-    for name, box in objects:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = name
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        bndbox = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
-            ET.SubElement(bndbox, key).text = _num(value)
-    return ET.tostring(root, encoding="unicode")
 
 
 MALFORMED_XML = "<annotation><filename>x</filename><object><name>n01440764</name><bndbox><xmin>1"
@@ -195,7 +172,7 @@ def _v(n: int, wnid: str, objects, **kw) -> Case:
     return Case("val", f"ILSVRC2012_val_{n:08d}", wnid, objects=objects, **kw)
 
 
-# The dirt of SPEC §1, one case each; the tests hold the expected outcome of every case.
+# The dirt of ImageNet (see hsi.sources.imagenet), one case each; the tests hold the expected outcome of every case.
 TRAIN_CASES = (
     _t(
         "n01440764_1",

@@ -18,20 +18,27 @@ from helpers import CONF, TINY, make_cfg, source_overrides, tree
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from hsi.assets import AssetStore, choose_core_box, crop, resize_rgb
-from hsi.build import make_recipe, read_manifests, run_build
 from hsi.cli.generate import run, verb_to_override
-from hsi.compose import Composer
-from hsi.compose import compose as compose_sample
-from hsi.export import run_export
+from hsi.generate.assets import AssetStore, choose_core_box, crop, resize_rgb
+from hsi.generate.build import make_recipe, run_build
+from hsi.generate.compose import Composer
+from hsi.generate.compose import compose as compose_sample
+from hsi.generate.export import run_export
+from hsi.generate.inpaint.inpainters import LamaInpainter, OpenCVInpainter
+from hsi.generate.inpaint.masks import BoxMasker
+from hsi.generate.layout import (
+    RUNTIME_KEYS,
+    DatasetFolder,
+    LockedError,
+    generation_config,
+    without_runtime_keys,
+)
+from hsi.generate.recipe import COLUMNS, needed_images
+from hsi.generate.validate import validate_output
 from hsi.groups import placement_xy
-from hsi.inpaint.inpainters import LamaInpainter, OpenCVInpainter
-from hsi.inpaint.masks import BoxMasker
-from hsi.recipe import COLUMNS, needed_images
 from hsi.sources import load_source
 from hsi.sources.images import load_rgb
 from hsi.sources.synthetic import wnid_of
-from hsi.validate import validate_output
 
 C0, C1, C2 = (wnid_of(k) for k in range(3))
 # Only the test split, one image per class: 2 source images for 2 classes.
@@ -59,7 +66,7 @@ def cli(*args: str, cwd: Path, env: dict | None = None, **kwargs) -> subprocess.
 
 
 def merged_manifest(out: Path) -> pd.DataFrame:
-    frame = read_manifests(out).drop(columns="manifest")
+    frame = DatasetFolder(out).read_manifests().drop(columns="manifest")
     return frame.sort_values("key").reset_index(drop=True)
 
 
@@ -93,7 +100,7 @@ def test_counts_and_categories_per_split(recipe):
         and (per_class["val"] == 12).all()
         and (per_class["test"] == 24).all()
     )
-    # SPEC §4 by size rank (16/24/32): Easy = own background at the two larger sizes, Hard =
+    # paper 000, §4, by size rank (16/24/32): Easy = own background at the two larger sizes, Hard =
     # random background at the two smaller, Medium the rest.
     expected = {
         "CeO_16": "medium", "CoO_16": "medium", "CeR_16": "hard", "CoR_16": "hard",
@@ -154,7 +161,7 @@ def test_composed_samples_have_the_group_geometry(recipe, reference):
 
 def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
     cfg = make_cfg(
-        tmp_path / "v2", source_root, "dataset=hsi_v2", f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}"
+        tmp_path / "v2", source_root, "dataset=v2", f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}"
     )
     index = load_source(cfg.source)
     table = make_recipe(cfg, index)
@@ -168,21 +175,21 @@ def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
     cfg = make_cfg(
         tmp_path / "auto",
         source_root,
-        "dataset=hsi_v2",
+        "dataset=v2",
         f"dataset.pairs_from={csv}",
         "dataset.pairs_count=1",
     )
     auto = make_recipe(cfg, index)
     assert set(auto["wnid"]) == {C1}
     assert set(auto.loc[auto["background"] == "R", "bg_wnid"]) == {C0}
-    paper = make_cfg(tmp_path / "paper", source_root, "dataset=hsi_v2")
+    paper = make_cfg(tmp_path / "paper", source_root, "dataset=v2")
     with pytest.raises(ValueError, match="dataset.pairs_from"):
         make_recipe(paper, index)
     # the failed build writes nothing, so the corrected config can use the same folder
     with pytest.raises(ValueError, match="dataset.pairs_from"):
         run_build(paper)
     assert not (tmp_path / "paper" / "config.yaml").exists()
-    fixed = make_cfg(tmp_path / "paper", source_root, "dataset=hsi_v2", "dataset.classes=null",
+    fixed = make_cfg(tmp_path / "paper", source_root, "dataset=v2", "dataset.classes=null",
                      f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}")  # fmt: skip
     assert make_recipe(fixed, index) is not None and run_build(fixed).failed == 0
 
@@ -235,7 +242,7 @@ def test_another_config_in_the_same_folder_is_refused(reference, source_root):
 
 SLOW_INPAINTER = """
 import time
-from hsi.inpaint.inpainters import OpenCVInpainter
+from hsi.generate.inpaint.inpainters import OpenCVInpainter
 
 
 class SlowInpainter(OpenCVInpainter):
@@ -325,7 +332,7 @@ def test_a_broken_source_image_is_recorded_and_reported(source_root, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # header intact, body truncated
     assert run(cfg) == 1  # the CLI's exit code
-    manifest = read_manifests(out).set_index("key")
+    manifest = DatasetFolder(out).read_manifests().set_index("key")
     assert manifest.loc[fine, "status"] == "ok"
     assert manifest.loc[broken, "status"] == "failed"
     assert (
@@ -467,9 +474,9 @@ def test_lama_path_with_a_torchscript_module(source_root, tmp_path):
 
 def test_sam_variant_needs_the_sam_masker(source_root, tmp_path):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        assert compose("generate", ["dataset=hsi_sam"]).mask._target_.endswith("SamMasker")
+        assert compose("generate", ["dataset=sam"]).mask._target_.endswith("SamMasker")
     with pytest.raises(ValueError, match="mask=sam"):
-        run_build(make_cfg(tmp_path, source_root, "dataset=hsi_sam", "mask=box"))
+        run_build(make_cfg(tmp_path, source_root, "dataset=sam", "mask=box"))
 
 
 @pytest.mark.slow
@@ -478,7 +485,7 @@ def test_sam_path_with_a_random_vit_b(source_root, tmp_path):
     import torch
     from segment_anything import sam_model_registry
 
-    from hsi.inpaint.masks import SamMasker
+    from hsi.generate.inpaint.masks import SamMasker
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "sam_random_vit_b.pth"
@@ -488,7 +495,7 @@ def test_sam_path_with_a_random_vit_b(source_root, tmp_path):
         out,
         source_root,
         *MINIMAL,
-        "dataset=hsi_sam",
+        "dataset=sam",
         f"mask.checkpoint={checkpoint}",
         "num_shards=2",
     )
@@ -532,3 +539,249 @@ def test_cli_verbs():
     assert verb_to_override(["p", "--multirun", "shard=0,1"]) == ["p", "--multirun", "shard=0,1"]
     with pytest.raises(SystemExit, match="unknown action 'bild'"):
         verb_to_override(["p", "bild"])
+
+
+# ----------------------------------------------------------------------------- faults
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hsi.cli.generate", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("dataset.sizes=[-8,0,16]", "dataset.sizes"),
+        ("dataset.sizes=[16,24,128]", "dataset.sizes"),
+        ("dataset.sizes=[16,16,32]", "dataset.sizes"),
+        ("dataset.resolution=0", "dataset.resolution"),
+        ("dataset.paste=stamp", "dataset.paste"),
+        ("dataset.counts.val=-1", "dataset.counts"),
+        ("shard=2", "shard=2 num_shards=1"),
+        ("mask=sam", "mask.checkpoint"),
+    ],
+)
+def test_bad_settings_fail_before_the_source_is_read(override, key, tmp_path):
+    """Nothing is read or written: the synthetic source would be generated if it were read."""
+    source, out = tmp_path / "never-read", tmp_path / "out"
+    with pytest.raises(ValueError) as error:
+        run_build(make_cfg(out, source, override))
+    assert key in str(error.value)
+    assert not source.exists() and not out.exists()
+
+
+def test_missing_checkpoint_is_named_before_the_source_is_read(tmp_path):
+    missing = tmp_path / "sam_vit_b.pth"
+    cfg = make_cfg(tmp_path / "out", tmp_path / "src", "dataset=sam", f"mask.checkpoint={missing}")
+    with pytest.raises(FileNotFoundError, match="mask.checkpoint") as error:
+        run_build(cfg)
+    assert str(missing) in str(error.value) and not (tmp_path / "src").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "below a file"])
+def test_out_that_is_no_folder_is_refused_before_reading(kind, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me\n")
+    out = blocker if kind == "file" else blocker / "hsi"
+    with pytest.raises(ValueError, match="is a file, not a folder") as error:
+        run_build(make_cfg(out, tmp_path / "src"))
+    assert f"out={out}" in str(error.value) and str(blocker) in str(error.value)
+    assert blocker.read_text() == "keep me\n" and not (tmp_path / "src").exists()
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line_naming_the_key_and_exit_2(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me\n")
+    cases = [
+        (["out=" + str(tmp_path / "out"), "dataset.sizes=[-8,0,16]"], "dataset.sizes"),
+        ([f"out={blocker}"], f"out={blocker}"),
+    ]
+    for args, key in cases:
+        done = run_cli("build", *source_overrides(tmp_path / "src"), *TINY, *args, cwd=tmp_path)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert blocker.read_text() == "keep me\n" and not (tmp_path / "src").exists()
+    # in `out` only the refused run's log folder
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["logs"]
+
+
+@pytest.mark.slow
+def test_a_second_build_of_the_same_shard_fails_naming_the_holder(reference, source_root, tmp_path):
+    out = tmp_path / "busy"
+    shutil.copytree(reference, out)
+    folder = DatasetFolder(out)
+    with folder.lock("build", 1, 2):
+        pass  # another shard's lock does not block this one, and is released on leaving
+    with folder.lock("build", 0, 1):
+        before = tree(out)
+        done = run_cli("build", f"out={out}", *source_overrides(source_root), *TINY, cwd=tmp_path)
+        after = {k: v for k, v in tree(out).items() if not k.startswith("logs/")}
+        assert after == before  # only the refused run's log folder is new
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"pid {os.getpid()}" in done.stderr and "shard 0 of 1" in done.stderr, done.stderr
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}"), folder.lock("build", 0, 1):
+        run_build(make_cfg(out, source_root))
+
+
+def test_swapped_and_truncated_assets_are_rebuilt_to_clean_bytes(reference, source_root, tmp_path):
+    out = tmp_path / "tampered"
+    shutil.copytree(reference, out)
+    keys = needed_images(Composer.from_output(out).recipe)
+    store = AssetStore(out)
+    swapped, truncated = store.path("bg", keys[3]), store.path("core", keys[7])
+    shutil.copyfile(store.path("bg", keys[4]), swapped)  # another valid PNG of the same shape
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    problems = validate_output(out).problems
+    assert any(str(swapped) in p for p in problems) and any(str(truncated) in p for p in problems)
+
+    summary = run_build(make_cfg(out, source_root))
+    assert (summary.done, summary.skipped) == (2, NEEDED - 2)
+    assert sorted(summary.rebuilt) == sorted([keys[3], keys[7]])
+    assert keys[3] in summary.report() and "made again" in summary.report()
+    assert validate_output(out).ok
+    assert tree(out / "assets") == tree(reference / "assets")
+    assert tree(out / "manifest") == tree(reference / "manifest")
+
+
+def test_assets_no_record_vouches_for_are_rebuilt(reference, source_root, tmp_path):
+    """Files at the assets' paths but no manifest or journal of this build: none is trusted."""
+    out = tmp_path / "foreign"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "manifest")
+    key = needed_images(Composer.from_output(out).recipe)[0]
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(AssetStore(out).path("bg", key))
+    summary = run_build(make_cfg(out, source_root))
+    assert (summary.done, summary.skipped, len(summary.rebuilt)) == (NEEDED, 0, NEEDED)
+    assert tree(out / "assets") == tree(reference / "assets")
+    assert tree(out / "manifest") == tree(reference / "manifest")
+
+
+def test_export_replaces_files_it_did_not_write(reference, source_root, tmp_path):
+    dest = tmp_path / "exp"
+    cfg = make_cfg(reference, source_root, f"export.dir={dest}")
+    run_export(cfg)
+    relpath = pd.read_csv(dest / "metadata.csv")["path"].iloc[0]
+    clean = (dest / relpath).read_bytes()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(dest / relpath)
+    summary = run_export(cfg)
+    assert summary.replaced == [relpath] and summary.written == 1
+    assert "replaced 1" in summary.report() and relpath in summary.report()
+    assert (dest / relpath).read_bytes() == clean
+
+
+def test_unreadable_entries_are_skips_listed_in_skipped_csv(source_root, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(source_root, source)
+    class_dir = sorted(p for p in (source / "train").iterdir() if p.is_dir())[0]
+    (class_dir / "loop.JPEG").symlink_to("loop.JPEG")  # a self-looping link
+    (class_dir / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")  # a dangling link
+    out = tmp_path / "out"
+    cfg = make_cfg(out, source, *MINIMAL)
+    summary = run_build(cfg)
+    assert summary.failed == 0
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
+    assert list(skipped.columns) == ["path", "reason"]
+    reasons = dict(zip(skipped["path"], skipped["reason"], strict=True))
+    rel = class_dir.relative_to(source).as_posix()
+    assert "Errno 40" in reasons[f"{rel}/loop.JPEG"]
+    assert "Errno 2" in reasons[f"{rel}/gone.JPEG"] or "nowhere" in reasons[f"{rel}/gone.JPEG"]
+    assert summary.done > 0 and summary.done == len(DatasetFolder(out).ok_hashes(("bg",)))
+    # the other images of that class folder are still read
+    assert any(r.path.startswith(f"{rel}/") for r in load_source(cfg.source).records)
+
+
+def test_an_unlistable_class_folder_is_one_skip(source_root, tmp_path, monkeypatch):
+    """os.scandir of a class folder raising (permissions, I/O) skips that folder, not the read."""
+    from hsi.sources.imagenet import ImageNetSource
+
+    real = os.scandir
+    victim = sorted(p for p in (source_root / "train").iterdir() if p.is_dir())[1]
+
+    def scandir(path="."):
+        if Path(path) == victim:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    index = ImageNetSource(source_root, progress=False).load()
+    reasons = {s.path: s.reason for s in index.skipped}
+    rel = victim.relative_to(source_root).as_posix()
+    assert "PermissionError" in reasons[rel] and "Errno 13" in reasons[rel]
+    assert index.records and not any(r.path.startswith(rel + "/") for r in index.records)
+
+
+def test_a_failed_image_is_in_skipped_csv(source_root, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(source_root, source)
+    out = tmp_path / "out"
+    cfg = make_cfg(out, source, *MINIMAL)
+    victim = needed_images(make_recipe(cfg, load_source(cfg.source)))[0]
+    path = next(r.path for r in load_source(cfg.source).records if r.key == victim)
+    data = (source / path).read_bytes()
+    (source / path).write_bytes(data[: len(data) // 2])  # header intact, body cut
+    summary = run_build(cfg)
+    assert summary.failed == 1
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
+    row = skipped[skipped["path"] == path]
+    assert len(row) == 1 and row["reason"].iloc[0].startswith("decode:")
+
+
+@pytest.mark.slow
+def test_workers_exit_when_their_parent_is_killed(source_root, tmp_path):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finding the pool's worker processes needs Linux /proc")
+    (tmp_path / "slow_inpaint.py").write_text(SLOW_INPAINTER.replace("0.02", "2"))
+    out = tmp_path / "orphans"
+    pythonpath = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    proc = cli(
+        "build",
+        f"out={out}",
+        *source_overrides(source_root),
+        *TINY,
+        "inpaint._target_=slow_inpaint.SlowInpainter",
+        "workers=2",
+        cwd=tmp_path,
+        env={"PYTHONPATH": pythonpath},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    pool: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None and len(pool) < 2:
+        pool = spawned_workers(proc.pid)
+        time.sleep(0.1)
+    assert len(pool) == 2, proc.communicate()[0] if proc.poll() is not None else pool
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only, not its process group
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in pool):
+        time.sleep(0.1)
+    left = [pid for pid in pool if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_runtime_keys_do_not_change_the_saved_config(tmp_path):
+    base = make_cfg(tmp_path / "out", tmp_path / "src")
+    runtime = ["workers=3", "num_shards=4", "shard=2", "source.workers=2", "source.progress=true"]
+    other = make_cfg(tmp_path / "out", tmp_path / "src", *runtime)
+    assert generation_config(other) == generation_config(base)
+    assert "workers" not in generation_config(base) and "progress" not in generation_config(base)
+    plain = without_runtime_keys({"out": "o", "shard": 1, "source": {"root": "r", "workers": 4}})
+    assert plain == {"out": "o", "source": {"root": "r"}}
+    assert set(RUNTIME_KEYS) == {"workers", "progress", "shard", "num_shards"}

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hsi.assets import AssetStore, box_pixels, choose_core_box, crop, make_assets
-from hsi.compose import compose, fit_size, paste_object
-from hsi.inpaint.masks import BoxMasker
+from hsi.generate.assets import AssetStore, box_pixels, choose_core_box, crop, make_assets
+from hsi.generate.compose import compose, fit_size, paste_object
+from hsi.generate.inpaint.masks import BoxMasker
 from hsi.io import atomic_save_png
 
 RES = 64

@@ -21,10 +21,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import hsi.data.modules as modules
-from hsi.compose import compose as compose_sample
-from hsi.compose import read_recipe
+import hsi.generate.build as build
 from hsi.data import EpochSampler, HSIDataModule, SourceDataModule, build_is_complete
-from hsi.export import run_export
+from hsi.generate.compose import compose as compose_sample
+from hsi.generate.export import run_export
+from hsi.generate.layout import read_recipe
 from hsi.sources.images import load_rgb
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -101,7 +102,7 @@ def full_epoch(loader):
 # ----------------------------------------------------------------------------- configs
 def test_data_configs_give_the_generation_configs_of_hsi_generate(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name, dataset in (("hsi", "hsi"), ("hsi_v2", "hsi_v2"), ("hsi_sam", "hsi_sam")):
+        for name, dataset in (("hsi", "v1"), ("hsi_v2", "v2"), ("hsi_sam", "sam")):
             data = compose(config_name=None, overrides=[f"+data={name}", "+seed=5"]).data
             cli = compose(config_name="generate", overrides=[f"dataset={dataset}"])
             assert data._target_ == "hsi.data.HSIDataModule" and data.seed == 5
@@ -116,7 +117,7 @@ def test_data_configs_give_the_generation_configs_of_hsi_generate(tmp_path):
                 "num_shards",
             ):
                 assert data.generate[key] == cli[key], (name, key)
-            assert data.generate.out == f"outputs/hsi/{dataset}"
+            assert data.generate.out == f"outputs/hsi/{name}"
         source = compose(config_name=None, overrides=["+data=source", "+seed=2"]).data
         assert source._target_ == "hsi.data.SourceDataModule" and source.seed == 2
         assert source.source == compose(config_name="generate").source
@@ -148,7 +149,7 @@ def test_prepare_data_builds_then_is_a_no_op(built, monkeypatch):
     def no_build(_cfg):
         raise AssertionError("a complete dataset must not be built again")
 
-    monkeypatch.setattr(modules, "run_build", no_build)
+    monkeypatch.setattr(build, "run_build", no_build)
     make_module(cfg).prepare_data()
     assert manifest.stat().st_mtime_ns == stamp
     # A different dataset in the same folder is not "complete": the build would run (and refuse).
@@ -409,3 +410,22 @@ def test_source_val_fraction_holds_out_part_of_train(source_dm):
     assert sorted(train.paths + val.paths) == sorted(source_dm.dataset("train").paths)
     assert len(held.dataset("test")) == CLASSES * VAL_PER_CLASS
     assert pd.Series(val.paths).str.startswith("train/").all()
+
+
+def test_a_job_reads_its_source_once(source_dm, monkeypatch):
+    """prepare_data, then setup for fit and for test (as a training job and Lightning call them)."""
+    reads = []
+    real = modules.load_source
+
+    def counting(cfg):
+        reads.append(cfg)
+        return real(cfg)
+
+    monkeypatch.setattr(modules, "load_source", counting)
+    module = SourceDataModule(source_dm.source, resolution=32)
+    module.prepare_data()
+    module.setup("fit")
+    module.prepare_data()
+    module.setup("fit")
+    module.setup("test")
+    assert len(reads) == 1 and module.num_classes == CLASSES

@@ -1,4 +1,4 @@
-"""The ImageNet reader on small dirty trees: every kind of dirt of SPEC §1, both layouts, both box formats."""
+"""The ImageNet reader on small dirty trees: every kind of dirt ImageNet has, both layouts, both box formats."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from imagenet_factory import (
 from PIL import Image
 
 from hsi.scores import bias_scores
+from hsi.sources import imagenet
 from hsi.sources.imagenet import ImageNetSource, SourceLayoutError, normalise_boxes
 from hsi.sources.images import ImageReadError, load_rgb, read_size
 from hsi.sources.kaggle import read_loc_solution
@@ -295,8 +296,10 @@ def test_bad_csv_row_skips_only_that_image(tmp_path):
     assert len(index.split("val")) == 3
 
 
-def test_workers_do_not_change_the_result(dirty_root):
+def test_workers_do_not_change_the_result(dirty_root, monkeypatch):
     one = load(dirty_root, workers=1)
+    # even this tiny tree is read by 2 worker processes
+    monkeypatch.setattr(imagenet, "MIN_TASKS_PER_WORKER", 0)
     two = ImageNetSource(dirty_root, workers=2, progress=True).load()
     assert one.records == two.records
     assert one.skipped == two.skipped and one.box_errors == two.box_errors

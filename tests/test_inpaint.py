@@ -1,4 +1,4 @@
-"""Maskers (box, Segment-Anything) and inpainters (OpenCV, LaMa) of SPEC §3."""
+"""Maskers (box, Segment-Anything) and inpainters (OpenCV, LaMa) (paper 000, §4 and App. C)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from hsi.inpaint import BoxMasker, LamaInpainter, OpenCVInpainter, SamMasker
+from hsi.generate.inpaint import BoxMasker, LamaInpainter, OpenCVInpainter, SamMasker
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FLAT = (30, 120, 200)

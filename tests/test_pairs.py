@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hsi.pairs import (
+from hsi.generate.pairs import (
     PAPER_V2_BACKGROUNDS,
     PAPER_V2_PAIRS,
     read_accuracy_csv,

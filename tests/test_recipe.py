@@ -8,15 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hsi.pairs import PAPER_V2_FOREGROUNDS, PAPER_V2_PAIRS
-from hsi.recipe import RecipeCounts, build_recipe, needed_images, summarize
+from hsi.generate.pairs import PAPER_V2_FOREGROUNDS, PAPER_V2_PAIRS
+from hsi.generate.recipe import RecipeCounts, build_recipe, needed_images, summarize
 from hsi.sources.record import ClassInfo, ImageRecord, SourceIndex
 
 BOX = ((4.0, 6.0, 60.0, 50.0),)
 PAPER = RecipeCounts()  # 80/10/10 train, 20 val, 50 test
 SMALL = RecipeCounts(train_easy=3, train_medium=2, train_hard=1, val=2, test=4)
 
-# SPEC §4 written out for 56/84/112: Easy = CeO/CoO at 84, 112; Hard = CeR/CoR at 56, 84.
+# paper 000, §4, written out for 56/84/112: Easy = CeO/CoO at 84, 112; Hard = CeR/CoR at 56, 84.
 EXPECTED_CATEGORY = {
     "CeO_56": "medium", "CoO_56": "medium", "CeR_56": "hard", "CoR_56": "hard",
     "CeO_84": "easy", "CoO_84": "easy", "CeR_84": "hard", "CoR_84": "hard",

@@ -1,4 +1,4 @@
-"""Bias scores (SPEC §2): hand-computed values, the averaging order, the figures and hsi-scores."""
+"""Bias scores (paper 000, §3.1-3.2): hand-computed values, the averaging order, the figures and hsi-scores."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from hsi.scores import (
     write_score_tables,
 )
 from hsi.sources.record import ClassInfo, ImageRecord, Skip, SourceIndex
+from hsi.sources.voc import voc_xml
 
 REPO = Path(__file__).resolve().parents[1]
 A, B = "n00000001", "n00000002"
@@ -292,15 +293,7 @@ def test_many_boxes_are_all_scored():
 
 
 def _voc_xml(filename: str, wnid: str, size: tuple[int, int], boxes) -> str:
-    objects = "".join(
-        f"<object><name>{wnid}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-        for x0, y0, x1, y1 in boxes
-    )
-    return (
-        f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
-        f"<height>{size[1]}</height><depth>3</depth></size>{objects}</annotation>"
-    )
+    return voc_xml(filename, size, [(wnid, box) for box in boxes])
 
 
 def write_tiny_imagenet(root: Path) -> None:

@@ -93,7 +93,7 @@ def test_two_job_multirun_on_slurm_writes_both_results(slurm, tmp_path):
 def test_generation_shards_as_a_slurm_array_match_one_local_build(slurm, tmp_path):
     """The README's SLURM recipe: `hsi-generate -m hydra/launcher=slurm shard=0,1 num_shards=2`,
     then `validate`; the array's assets are the bytes of a one-process build."""
-    from hsi.build import run_build
+    from hsi.generate.build import run_build
     from hsi.sources import load_source
 
     source = tmp_path / "source"

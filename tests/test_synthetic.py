@@ -371,8 +371,9 @@ def test_default_source_is_byte_identical_for_any_workers(tmp_path: Path) -> Non
     assert one == two
 
 
-def test_rerun_is_a_no_op(source: Path, capsys) -> None:
+def test_rerun_is_a_no_op(source: Path, caplog) -> None:
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
+    caplog.set_level("INFO", logger="hsi.sources.synthetic")
     write_synthetic(
         source,
         seed=3,
@@ -383,7 +384,7 @@ def test_rerun_is_a_no_op(source: Path, capsys) -> None:
         workers=2,
         progress=False,
     )
-    assert "nothing to do" in capsys.readouterr().out
+    assert "already complete with these parameters" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before
 
 
@@ -412,11 +413,11 @@ def interrupt_after(monkeypatch, calls: int) -> None:
     real = synthetic._write_item
     done = []
 
-    def flaky(task):
+    def flaky(state, task):
         if len(done) == calls:
             raise KeyboardInterrupt
         done.append(task)
-        real(task)
+        real(state, task)
 
     monkeypatch.setattr(synthetic, "_write_item", flaky)
 

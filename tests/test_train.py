@@ -95,7 +95,7 @@ GROUP_OPTIONS = [
     *[f"inpaint@data.generate.inpaint={o}" for o in options("inpaint")],
     # dataset/hsi_sam selects mask=sam through a global package, which cannot apply under
     # data.generate: in training that variant is data=hsi_sam (composed above)
-    *[f"dataset@data.generate.dataset={o}" for o in options("dataset") if o != "hsi_sam"],
+    *[f"dataset@data.generate.dataset={o}" for o in options("dataset") if o != "sam"],
 ]
 
 

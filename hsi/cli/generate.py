@@ -40,18 +40,18 @@ def run(cfg: DictConfig) -> int:
     """Do `cfg.action`, print its report; the exit code (non-zero: failed images or problems)."""
     action = cfg.action
     if action == "build":
-        from hsi.build import run_build
+        from hsi.generate.build import run_build
 
         summary = run_build(cfg)
         print(summary.report())
         return 1 if summary.failed else 0
     if action == "export":
-        from hsi.export import run_export
+        from hsi.generate.export import run_export
 
         print(run_export(cfg).report())
         return 0
     if action == "validate":
-        from hsi.validate import validate_output
+        from hsi.generate.validate import validate_output
 
         report = validate_output(cfg.out, workers=int(cfg.workers), progress=bool(cfg.progress))
         print(report.text())
@@ -62,13 +62,35 @@ def run(cfg: DictConfig) -> int:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _app(cfg: DictConfig) -> None:
     quiet_console(cfg.verbose)
-    code = run(cfg)
+    from hsi.generate.layout import LockedError
+
+    try:
+        code = run(cfg)
+    except (ValueError, OSError, LockedError, RuntimeError) as e:
+        # Bad input, a folder in use, a dead worker: the message names the key or file and the
+        # fix; a traceback would only hide it.
+        print(f"hsi-generate {cfg.action}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     if code:
         sys.exit(code)
 
 
+def check_out_argument(argv: list[str]) -> None:
+    """`out=` given on the command line must be usable before Hydra makes its log folder there."""
+    from hsi.generate.layout import ConfigError, check_out
+
+    outs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("out=")]
+    if outs and "," not in outs[-1]:  # a sweep over several outs is checked by each job
+        try:
+            check_out(outs[-1])
+        except ConfigError as e:
+            print(f"hsi-generate: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+
 def main() -> None:
     sys.argv = verb_to_override(sys.argv)
+    check_out_argument(sys.argv)
     _app()
 
 

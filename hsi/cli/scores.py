@@ -1,4 +1,4 @@
-"""hsi-scores: centre and size bias scores of a source, with their figures (SPEC §2).
+"""hsi-scores: centre and size bias scores of a source, with their figures (paper 000, §3.1-3.2).
 
     hsi-scores                                    # the embedded synthetic source
     hsi-scores source=imagenet source.root=/data/imagenet out=outputs/scores

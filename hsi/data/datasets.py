@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
-from hsi.assets import AssetStore
-from hsi.compose import compose
+from hsi.generate.assets import AssetStore
+from hsi.generate.compose import compose
 from hsi.data.transforms import apply_seeded
 from hsi.io import item_rng, stable_seed
 from hsi.sources.images import load_rgb

@@ -19,8 +19,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from hsi.build import generation_config, read_manifests, run_build
-from hsi.compose import read_recipe
 from hsi.data.datasets import EpochSampler, HSIDataset, SourceDataset
 from hsi.data.transforms import (
     AUGMENTS,
@@ -29,9 +27,10 @@ from hsi.data.transforms import (
     eval_transform,
     train_transform,
 )
+from hsi.generate.layout import DatasetFolder, DatasetSpec, read_export_recipe
+from hsi.generate.recipe import SPLITS
 from hsi.groups import Group, make_groups
 from hsi.io import item_rng
-from hsi.recipe import SPLITS, needed_images
 from hsi.sources import load_source
 
 SAMPLINGS = ("standard", "easy", "balanced")
@@ -47,36 +46,16 @@ def _plain_config(cfg: DictConfig | Mapping) -> DictConfig:
 def build_is_complete(generate: DictConfig) -> bool:
     """True when `generate.out` holds this very configuration and a manifest row for every image.
 
-    Reads only config.yaml, recipe.csv and the manifests (no source, no hashing), so it is fast
-    at any scale. Images recorded as failed count as done: rebuilding would fail again; they are
-    dropped (and counted) by HSIDataModule.setup. `hsi-generate validate` is the deep check.
+    A quick check (hsi.generate.layout.DatasetFolder.is_complete); images recorded as failed
+    count as done: rebuilding would fail again; they are dropped (and counted) by
+    HSIDataModule.setup. `hsi-generate validate` is the deep check.
     """
-    out = Path(generate.out)
-    config, recipe = out / "config.yaml", out / "recipe.csv"
-    if not (config.is_file() and recipe.is_file()):
-        return False
-    if config.read_text(encoding="utf-8") != generation_config(generate):
-        return False  # run_build then explains the difference (or rejects the folder)
-    covered = set(read_manifests(out)["key"])
-    return set(needed_images(read_recipe(recipe))) <= covered
+    return DatasetFolder(generate.out).is_complete(generate)
 
 
 def failed_images(out: str | Path, recipe: pd.DataFrame) -> dict[str, str]:
-    """{source image key: reason} of the recipe's images without assets, from the manifests.
-
-    Raises FileNotFoundError when an image has no manifest row at all (the build did not run).
-    """
-    manifest = read_manifests(out)
-    ok = set(manifest.loc[manifest["status"] == "ok", "key"])
-    failed = manifest[(manifest["status"] != "ok") & ~manifest["key"].isin(ok)]
-    reasons = dict(zip(failed["key"], failed["reason"], strict=True))
-    unbuilt = [k for k in needed_images(recipe) if k not in ok and k not in reasons]
-    if unbuilt:
-        raise FileNotFoundError(
-            f"{out}: {len(unbuilt)} source images of recipe.csv have no assets and no manifest entry "
-            f"(e.g. {unbuilt[:3]}); call prepare_data() or run `hsi-generate build out={out}` for every shard"
-        )
-    return reasons
+    """{source image key: reason} of the recipe's images without assets, from the manifests."""
+    return DatasetFolder(out).failed_images(recipe)
 
 
 class _Loaders:
@@ -169,7 +148,8 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.export_dir = Path(export_dir) if export_dir else None
         self.persistent_workers = bool(persistent_workers)
-        self.resolution = int(self.generate.dataset.resolution)
+        self.spec = DatasetSpec.from_config(self.generate.dataset)
+        self.resolution = self.spec.resolution
         self.train_repeats: np.ndarray | None = None
         self.num_classes: int | None = None
         self.class_names: list[str] | None = None
@@ -183,15 +163,18 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         """Build the assets that are missing (a complete build is a quick check, nothing more)."""
         if self.export_dir is not None or build_is_complete(self.generate):
             return
+        from hsi.generate.build import run_build
+
         summary = run_build(self.generate)
         print(summary.report())
 
     def setup(self, stage: str | None = None) -> None:
         if self.export_dir is not None:
-            recipe = read_recipe(self.export_dir / "metadata.csv")
+            recipe = read_export_recipe(self.export_dir)
             failed: dict[str, str] = {}
         else:
-            recipe = read_recipe(self.out / "recipe.csv")
+            folder = DatasetFolder(self.out)
+            recipe = folder.read_recipe()
             failed = failed_images(self.out, recipe)
         self.class_names = _class_names(recipe)
         self.num_classes = len(self.class_names)
@@ -200,8 +183,10 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         self.dropped = recipe[bad].reset_index(drop=True)
         if bad.any():
             examples = "; ".join(f"{k}: {failed[k]}" for k in sorted(failed)[:3])
-            message = (f"{int(bad.sum())} of {len(recipe)} samples use source images whose assets failed "
-                       f"({len(failed)} images, e.g. {examples}); see {self.out / 'manifest'}")  # fmt: skip
+            message = (
+                f"{int(bad.sum())} of {len(recipe)} samples use source images whose assets "
+                f"failed ({len(failed)} images, e.g. {examples}); see {folder.manifest_dir}"
+            )
             if not self.drop_failed:
                 raise RuntimeError(
                     message + "; fix them and rerun `hsi-generate build`, or set drop_failed=true"
@@ -223,13 +208,12 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
             transform = train_transform(self.resolution, self.augment, self.mean, self.std)
         else:
             transform = eval_transform(self.mean, self.std)
-        dataset = self.generate.dataset
         return HSIDataset(
             self._rows[split],
             self.export_dir if self.export_dir is not None else self.out,
             self.resolution,
-            resize_mode=str(dataset.get("resize_mode", "squash")),
-            paste=str(dataset.get("paste", "rect")),
+            resize_mode=self.spec.resize_mode,
+            paste=self.spec.paste,
             transform=transform,
             from_export=self.export_dir is not None,
         )
@@ -257,7 +241,7 @@ def _class_names(recipe: pd.DataFrame) -> list[str]:
     pairs = recipe[["label", "wnid"]].drop_duplicates().sort_values("label")
     if pairs["label"].tolist() != list(range(len(pairs))) or pairs["wnid"].duplicated().any():
         raise ValueError(
-            "recipe.csv: labels must be 0..K-1 with one wnid each; rebuild the dataset"
+            "the recipe's labels must be 0..K-1 with one wnid each; rebuild the dataset"
         )
     return pairs["wnid"].tolist()
 
@@ -274,7 +258,7 @@ def _groups(recipe: pd.DataFrame) -> list[Group]:
     ]
     if wrong:
         raise ValueError(
-            f"recipe.csv: group ids {wrong[:3]} do not match hsi.groups.make_groups; rebuild the dataset"
+            f"the recipe's group ids {wrong[:3]} do not match hsi.groups.make_groups; rebuild the dataset"
         )
     return groups
 
@@ -321,13 +305,22 @@ class SourceDataModule(_Loaders, L.LightningDataModule):
         self.class_names: list[str] | None = None
         self.groups = None  # a single group: every batch's group_id is 0
         self._records: dict[str, list] = {}
+        self._index = None
+
+    def _load_index(self):
+        """The source, read once per process (Lightning calls prepare_data and setup again)."""
+        if self._index is None:
+            self._index = load_source(self.source)
+        return self._index
 
     def prepare_data(self) -> None:
         """Loading a source generates it if it is the synthetic one and missing."""
-        load_source(self.source)
+        self._load_index()
 
     def setup(self, stage: str | None = None) -> None:
-        index = load_source(self.source)
+        if self._records:
+            return  # set up before (fit, then test): the source is read once per job
+        index = self._load_index()
         self.root = Path(index.root)
         self.class_names = index.wnids
         self.num_classes = len(self.class_names)

@@ -1,4 +1,4 @@
-"""ImageNet-1k as users have it on disk -> a SourceIndex (SPEC §1).
+"""ImageNet-1k as users have it on disk -> a SourceIndex (paper 000, §3: its CLS-LOC boxes).
 
 Layout (each path can be set on its own; None = the default under `root`):
 
@@ -20,7 +20,8 @@ reason (image left out): unreadable header, malformed annotation, several annota
 one id, a duplicate image id, a class folder whose wnid is not in the synset file (one skip per
 image: a partial copy of ImageNet keeps working), a flat val image whose label cannot be told
 (no annotation, unknown or ambiguous name, names of several classes), files that are not
-`.JPEG`/`.jpg`. Images without any box stay in the index with `boxes=()` (most of train).
+`.JPEG`/`.jpg`, any entry the file system cannot give (a self-looping or dangling link, a class
+folder that cannot be listed, an I/O error: one skip naming the error). Images without any box stay in the index with `boxes=()` (most of train).
 Every box of an image counts as an object of the image's class, as in ImageNet CLS-LOC, so box
 names are used only to label flat val images.
 """
@@ -32,21 +33,20 @@ import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from hsi.sources.images import ImageReadError, read_size
 from hsi.sources.kaggle import read_loc_solution
 from hsi.sources.record import Box, ClassInfo, ImageRecord, Skip, SourceIndex
 from hsi.sources.synsets import SynsetNames, UnknownClassName, read_synsets
 from hsi.sources.voc import parse_voc
+from hsi.workers import ordered_map
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
+MIN_TASKS_PER_WORKER = 2000  # fewer images per worker are read in this process
 SPLITS = ("train", "val")
 _IMAGE_PATTERN = {
     "train": "train/<wnid>/*.JPEG",
@@ -115,13 +115,15 @@ def normalise_boxes(
     return kept, dropped, fixes
 
 
-def _read_one(task: tuple[str, str | None]) -> tuple:
+def _read_one(_state: None, task: tuple[str, str | None]) -> tuple:
     """Worker: the image's header size and its parsed XML, errors as strings (picklable, no raising)."""
     image_path, xml_path = task
     try:
         size = read_size(image_path)
     except ImageReadError as e:
         return None, str(e), None, None
+    except OSError as e:  # a link to nowhere, a loop, an I/O error: this image only
+        return None, _os_reason(e), None, None
     if xml_path is None:
         return size, None, None, None
     try:
@@ -133,6 +135,16 @@ def _read_one(task: tuple[str, str | None]) -> tuple:
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def _os_reason(error: OSError) -> str:
+    """`unreadable entry (OSError: [Errno 40] Too many levels of symbolic links)`."""
+    return f"unreadable entry ({type(error).__name__}: [Errno {error.errno}] {error.strerror or error})"
+
+
+def _listing(folder: str | os.PathLike) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda e: e.name)
 
 
 class ImageNetSource:
@@ -251,18 +263,29 @@ class ImageNetSource:
             else:
                 found.append(_ImageFile(os.path.splitext(name)[0], path, rel, folder))
 
-        for entry in sorted(os.scandir(image_dir), key=lambda e: e.name):
+        for entry in _listing(image_dir):
             if _is_hidden(entry.name):
                 continue
             rel = f"{rel_dir}/{entry.name}"
-            if not entry.is_dir():
+            try:
+                is_dir = entry.is_dir()
+                subs = _listing(entry.path) if is_dir else []
+            except OSError as e:  # one entry (or one class folder) only, never the whole read
+                skipped.append(Skip(rel, _os_reason(e)))
+                continue
+            if not is_dir:
                 consider(entry.path, rel, entry.name, None)
                 continue
-            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            for sub in subs:
                 if _is_hidden(sub.name):
                     continue
                 sub_rel = f"{rel}/{sub.name}"
-                if sub.is_dir():
+                try:
+                    sub_is_dir = sub.is_dir()
+                except OSError as e:
+                    skipped.append(Skip(sub_rel, _os_reason(e)))
+                    continue
+                if sub_is_dir:
                     skipped.append(
                         Skip(
                             sub_rel,
@@ -283,40 +306,47 @@ class ImageNetSource:
                 unique.append(f)
         return unique
 
-    @staticmethod
-    def _index_xml(folder: Path) -> dict[str, list[str]]:
+    def _index_xml(self, folder: Path, skipped: list[Skip]) -> dict[str, list[str]]:
         """image id -> XML paths, from files in `folder` and in its subfolders (one level)."""
         index: dict[str, list[str]] = {}
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            entries = (
-                sorted(os.scandir(entry.path), key=lambda e: e.name) if entry.is_dir() else [entry]
-            )
+        for entry in _listing(folder):
+            try:
+                entries = _listing(entry.path) if entry.is_dir() else [entry]
+            except OSError as e:
+                skipped.append(Skip(self._rel(entry.path), _os_reason(e)))
+                continue
             for e in entries:
                 stem, suffix = os.path.splitext(e.name)
-                if suffix.lower() == ".xml" and not _is_hidden(e.name) and e.is_file():
+                if suffix.lower() != ".xml" or _is_hidden(e.name):
+                    continue
+                try:
+                    is_file = e.is_file()
+                except OSError as error:
+                    skipped.append(Skip(self._rel(e.path), _os_reason(error)))
+                    continue
+                if is_file:
                     index.setdefault(stem, []).append(e.path)
         return index
 
     # ---- reading ------------------------------------------------------------------------------
 
     def _map(self, tasks: list, desc: str) -> list:
-        """_read_one over tasks, in order; a process pool when workers > 1 (same result)."""
-        bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not self.progress)
-        results = []
-        try:
-            if self.workers == 1 or len(tasks) < 2:
-                for task in tasks:
-                    results.append(_read_one(task))
-                    bar.update()
-            else:
-                chunk = max(1, min(512, len(tasks) // (self.workers * 8)))
-                with ProcessPoolExecutor(self.workers) as pool:
-                    for result in pool.map(_read_one, tasks, chunksize=chunk):
-                        results.append(result)
-                        bar.update()
-        finally:
-            bar.close()
-        return results
+        """_read_one over tasks, in order; in worker processes when workers > 1 (same result)."""
+        chunk = max(1, min(512, len(tasks) // (self.workers * 8)))
+        # A header read takes well under a millisecond and a spawned worker a second or more to
+        # start: small reads stay in this process (the result is the same either way).
+        workers = self.workers if len(tasks) >= MIN_TASKS_PER_WORKER * self.workers else 1
+        return list(
+            ordered_map(
+                _read_one,
+                tasks,
+                workers=workers,
+                progress=self.progress,
+                desc=desc,
+                unit="img",
+                chunk=chunk,
+            )
+        )
 
     def _label(self, image: _ImageFile, annotation: _Annotation | None, names: SynsetNames) -> str:
         """The image's wnid; raises UnknownClassName with the reason when it cannot be told."""
@@ -350,7 +380,7 @@ class ImageNetSource:
         if box_source.suffix.lower() == ".csv":
             csv_boxes = read_loc_solution(box_source, errors=csv_errors)
         else:
-            xml_index = self._index_xml(box_source)
+            xml_index = self._index_xml(box_source, index.skipped)
         known_ids = {image.image_id for image in images}
         orphans = sum(1 for i in (*xml_index, *csv_boxes) if i not in known_ids)
         if orphans:

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
-import multiprocessing
 import shutil
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,11 +33,12 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from hsi.io import atomic_write_bytes, atomic_write_text, item_rng
 from hsi.sources.record import SourceIndex
 from hsi.sources.synthetic_draw import Placement, class_look, draw_habitat, draw_object, to_uint8
+from hsi.sources.voc import voc_xml
+from hsi.workers import ordered_map
 
 FORMAT_VERSION = 1  # bump when the same parameters would draw different pixels
 DONE_FILE = "synth.json"
@@ -46,6 +46,8 @@ PARTIAL_FILE = "synth.partial.json"  # written first: proves a half-written fold
 OUTPUTS = ("LOC_synset_mapping.txt", "train", "val", "boxes")
 ASPECT_JITTER = (0.75, 4 / 3)  # object box aspect relative to the image's
 MIN_SIDE = 4.0  # px: no object smaller (size_range starts at 16 px or more)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -218,33 +220,17 @@ def render_item(
     return to_uint8(canvas), boxes, habitat
 
 
-def voc_xml(
+def item_voc_xml(
     item: Item, width: int, height: int, boxes: Sequence[tuple[int, int, int, int]]
 ) -> bytes:
-    """An annotation file laid out like ImageNet's (no XML declaration, tab indents)."""
+    """The item's annotation file, laid out like ImageNet's."""
     wnid = wnid_of(item.label)
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = wnid if item.split == "train" else "val"
-    ET.SubElement(root, "filename").text = item.stem
-    ET.SubElement(ET.SubElement(root, "source"), "database").text = "ILSVRC_2012"
-    size = ET.SubElement(root, "size")
-    for tag, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(root, "segmented").text = "0"
-    for xmin, ymin, xmax, ymax in boxes:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = wnid
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        bndbox = ET.SubElement(obj, "bndbox")
-        for tag, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
-            ET.SubElement(bndbox, tag).text = str(value)
-    ET.indent(root, space="\t")
-    return (ET.tostring(root, encoding="unicode") + "\n").encode("utf-8")
+    folder = wnid if item.split == "train" else "val"
+    objects = [(wnid, tuple(int(v) for v in box)) for box in boxes]
+    return voc_xml(item.stem, (width, height), objects, folder).encode("utf-8")
 
 
-def _write_item(task: tuple[SynthParams, str, Item, bool]) -> None:
+def _write_item(_state: None, task: tuple[SynthParams, str, Item, bool]) -> None:
     """Render and write one item; with `resume`, files already there are kept (writes are atomic)."""
     p, out_str, item, resume = task
     out = Path(out_str)
@@ -257,7 +243,7 @@ def _write_item(task: tuple[SynthParams, str, Item, bool]) -> None:
     Image.fromarray(pixels).save(buf, format="JPEG", quality=p.jpeg_quality)
     atomic_write_bytes(jpeg, buf.getvalue())
     if item.with_box:
-        atomic_write_bytes(xml, voc_xml(item, pixels.shape[1], pixels.shape[0], boxes))
+        atomic_write_bytes(xml, item_voc_xml(item, pixels.shape[1], pixels.shape[0], boxes))
 
 
 def _init_worker() -> None:
@@ -350,9 +336,7 @@ def write_synthetic(
     out = Path(out)
     marker = {"format_version": FORMAT_VERSION, "params": params.to_json()}
     if _prepare(out, marker, out_key):
-        print(
-            f"{out / DONE_FILE}: synthetic source already complete with these parameters; nothing to do"
-        )
+        log.info("%s: synthetic source already complete with these parameters", out / DONE_FILE)
         return out
 
     atomic_write_text(out / "LOC_synset_mapping.txt", synset_mapping(num_classes))
@@ -360,16 +344,18 @@ def write_synthetic(
         (out / folder).mkdir(parents=True, exist_ok=True)  # the reader wants them even when empty
     items = plan_items(params)
     tasks = [(params, str(out), item, True) for item in items]
-    bar = tqdm(total=len(tasks), desc=f"synthetic -> {out}", unit="img", disable=not progress)
-    if workers > 1:
-        with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
-            for _ in pool.imap_unordered(_write_item, tasks, chunksize=32):
-                bar.update()
-    else:
-        for task in tasks:
-            _write_item(task)
-            bar.update()
-    bar.close()
+    written = ordered_map(
+        _write_item,
+        tasks,
+        workers=workers,
+        init=_init_worker if workers > 1 else None,
+        progress=progress,
+        desc=f"synthetic -> {out}",
+        unit="img",
+        chunk=32,
+    )
+    for _ in written:
+        pass
 
     counts = {
         "classes": num_classes,
@@ -421,6 +407,11 @@ class SyntheticSource:
         """Generate into `root` if needed, then read it back through the ImageNet reader."""
         from hsi.sources.imagenet import ImageNetSource
 
-        write_synthetic(self.root, workers=self.workers, progress=self.progress,
-                        out_key="source.root", **self.generation)  # fmt: skip
+        write_synthetic(
+            self.root,
+            workers=self.workers,
+            progress=self.progress,
+            out_key="source.root",
+            **self.generation,
+        )
         return ImageNetSource(root=self.root, workers=self.workers, progress=self.progress).load()

@@ -1,6 +1,7 @@
-"""PASCAL-VOC XML annotations as ImageNet ships them (one file per image).
+"""PASCAL-VOC XML annotations as ImageNet ships them (one file per image): parse and write.
 
-Only parsing lives here; fixing the known dirt (a `<size>` that differs from the real image,
+`write_voc` writes files laid out like ImageNet's (the synthetic source, tests, benchmarks);
+`parse_voc` reads them. fixing the known dirt (a `<size>` that differs from the real image,
 swapped or out-of-image coordinates, zero-area boxes) is the reader's job, because it needs the
 size of the decoded image. Coordinates are returned exactly as written.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -82,3 +84,40 @@ def parse_voc(path: str | os.PathLike) -> VocAnnotation:
         )
         objects.append(VocObject(name, box))
     return VocAnnotation(filename=filename, size=_size(root, path), objects=objects)
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def voc_xml(
+    filename: str,
+    size: tuple[int, int] | None,
+    objects: Sequence[tuple[str, Box]],
+    folder: str = "",
+) -> str:
+    """An annotation laid out like ImageNet's (no XML declaration, tab indents, final newline).
+
+    `size` (width, height) or None to leave `<size>` out; `objects` are (name, (xmin, ymin,
+    xmax, ymax)), whole numbers written as such and floats in their shortest form.
+    """
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = filename
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = "ILSVRC_2012"
+    if size is not None:
+        node = ET.SubElement(root, "size")
+        for tag, value in (("width", size[0]), ("height", size[1]), ("depth", 3)):
+            ET.SubElement(node, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for name, box in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+            ET.SubElement(bndbox, tag).text = _format_number(value)
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode") + "\n"

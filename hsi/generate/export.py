@@ -1,13 +1,15 @@
-"""Export a built dataset as plain image files plus metadata.csv, for tools that want files.
+"""Export a built dataset as plain image files plus a metadata table, for tools that want files.
 
-Layout under the export folder (default `out/export`):
+Layout under the export folder (export.dir; its default and the names of its two bookkeeping
+files, the metadata table and the settings, are hsi.generate.layout's):
 
     <split>/<size>/<placement>/<wnid>/<sample_id>.png   (or .JPEG with export.format=jpeg)
-    metadata.csv   the recipe's columns plus `path`, relative to the export folder
+    the metadata table: the recipe's columns plus `path`, relative to the export folder
 
-PNG pixels are exactly `hsi.compose.compose`'s output; JPEG adds only its own encoding loss.
+PNG pixels are exactly `hsi.generate.compose.compose`'s output; JPEG adds only its own encoding loss.
 Sharded like the build (`shard_items` over the recipe sorted by sample_id) and resumable: a file
-that exists is complete (atomic writes) and is skipped.
+that exists is kept when it holds exactly the bytes this export makes, and replaced (and named in
+the report) otherwise, so the folder never adopts a file it did not write.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +25,23 @@ import pandas as pd
 from omegaconf import DictConfig
 from PIL import Image
 
-from hsi.build import asset_kinds, csv_bytes, map_in_workers, remove_stale_temps, write_once
-from hsi.compose import Composer
-from hsi.io import atomic_save_png, atomic_write_bytes, sha256_file, shard_items
+from hsi.generate.compose import Composer
+from hsi.generate.layout import (
+    EXPORT_METADATA_FILE,
+    EXPORT_SETTINGS_FILE,
+    DatasetFolder,
+    csv_bytes,
+)
+from hsi.io import atomic_write_bytes, png_bytes, remove_stale_temps, shard_items, write_once
+from hsi.workers import ordered_map
 
 FORMATS = {"png": "png", "jpeg": "JPEG"}  # export.format -> file extension (ImageNet's .JPEG)
 
 
 def export_dir(cfg: DictConfig) -> Path:
-    """export.dir, or out/export when null."""
+    """export.dir, or the built dataset's default export folder when null."""
     chosen = cfg.get("export", {}).get("dir")
-    return Path(chosen) if chosen else Path(cfg.out) / "export"
+    return Path(chosen) if chosen else DatasetFolder(cfg.out).default_export_dir
 
 
 def export_relpath(row, fmt: str = "png") -> str:
@@ -63,24 +71,28 @@ class ExportSettings:
     quality: int
 
 
-_WORKER: dict = {}
+class Exporter:
+    """One worker's state: the export settings and a composer of the built dataset."""
+
+    def __init__(self, settings: ExportSettings) -> None:
+        self.settings = settings
+        self.composer = Composer.from_output(settings.out)
 
 
-def _init_worker(settings: ExportSettings) -> None:
-    _WORKER.clear()
-    _WORKER.update(settings=settings, composer=Composer.from_output(settings.out))
-
-
-def _export_one(task: tuple[dict, str]) -> str:
+def export_one(exporter: Exporter, task: tuple[dict, str]) -> tuple[str, str]:
+    """(relpath, written | kept | replaced): an existing file is kept only if it is these bytes."""
     row, relpath = task
-    settings: ExportSettings = _WORKER["settings"]
-    image = _WORKER["composer"](row)
+    settings = exporter.settings
+    image = exporter.composer(row)
+    data = png_bytes(image) if settings.fmt == "png" else encode_jpeg(image, settings.quality)
     path = Path(settings.dest) / relpath
-    if settings.fmt == "png":
-        atomic_save_png(path, image)
-    else:
-        atomic_write_bytes(path, encode_jpeg(image, settings.quality))
-    return relpath
+    status = "written"
+    if path.is_file():
+        if path.read_bytes() == data:
+            return relpath, "kept"
+        status = "replaced"
+    atomic_write_bytes(path, data)
+    return relpath, status
 
 
 @dataclass
@@ -90,19 +102,26 @@ class ExportSummary:
     num_shards: int
     samples: int
     written: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already there with the right bytes
+    replaced: list[str] = field(default_factory=list)  # there with other bytes: not ours
     seconds: float = 0.0
 
     def report(self) -> str:
-        return (
+        text = (
             f"hsi-generate export, shard {self.shard} of {self.num_shards}: {self.samples} samples -> "
-            f"{self.written} written, {self.skipped} skipped (already there) in {self.seconds:.1f} s\n"
-            f"  files:    {self.dest}\n  metadata: {self.dest / 'metadata.csv'}"
+            f"{self.written} written, {self.skipped} skipped (already there), "
+            f"replaced {len(self.replaced)} in {self.seconds:.1f} s\n"
+            f"  files:    {self.dest}\n  metadata: {self.dest / EXPORT_METADATA_FILE}"
         )
+        if self.replaced:
+            shown = ", ".join(self.replaced[:10])
+            more = f" and {len(self.replaced) - 10} more" if len(self.replaced) > 10 else ""
+            text += f"\n  replaced files this export did not write: {shown}{more}"
+        return text
 
 
 def _check_assets(composer: Composer, rows: list[dict]) -> None:
-    kinds = asset_kinds({"paste": composer.paste})
+    kinds = DatasetFolder(composer.out).spec().asset_kinds
     needed = sorted(
         {(k, r["fg_image"]) for r in rows for k in kinds if k != "bg"}
         | {("bg", r["bg_image"]) for r in rows}
@@ -121,7 +140,7 @@ def _check_assets(composer: Composer, rows: list[dict]) -> None:
 
 
 def run_export(cfg: DictConfig) -> ExportSummary:
-    """Write this shard's samples and metadata.csv; the settings come from out/config.yaml."""
+    """Write this shard's samples and the metadata table; the settings come from the build."""
     start = time.perf_counter()
     out, shard, num_shards = Path(cfg.out), int(cfg.shard), int(cfg.num_shards)
     fmt = str(cfg.export.format).lower()
@@ -131,7 +150,7 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     composer = Composer.from_output(out)
     table = metadata(composer.recipe, fmt)
     meta_bytes = csv_bytes(table)
-    meta_path = dest / "metadata.csv"
+    meta_path = dest / EXPORT_METADATA_FILE
     if meta_path.is_file() and meta_path.read_bytes() != meta_bytes:
         raise ValueError(
             f"{meta_path} belongs to another export (other recipe or format); "
@@ -142,36 +161,38 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     settings_doc = {
         "format": fmt,
         "quality": int(cfg.export.quality) if fmt == "jpeg" else None,
-        "build_config_sha256": sha256_file(out / "config.yaml"),
+        "build_config_sha256": DatasetFolder(out).config_sha256(),
     }
-    write_once(dest / "export.json", (json.dumps(settings_doc, indent=2) + "\n").encode(),
-               f"delete {dest} or set export.dir to another folder")  # fmt: skip
+    settings_bytes = (json.dumps(settings_doc, indent=2) + "\n").encode()
+    hint = f"delete {dest} or set export.dir to another folder"
+    write_once(dest / EXPORT_SETTINGS_FILE, settings_bytes, hint)
     rows = sorted(table.to_dict("records"), key=lambda r: r["sample_id"])
     mine = shard_items(rows, shard, num_shards)
     _check_assets(composer, mine)
     remove_stale_temps(dest / r["path"] for r in mine)
 
     summary = ExportSummary(dest=dest, shard=shard, num_shards=num_shards, samples=len(mine))
-    tasks = []
-    for row in mine:
-        if (dest / row["path"]).is_file():
-            summary.skipped += 1
-        else:
-            recipe_row = {k: v for k, v in row.items() if k != "path"}
-            tasks.append((recipe_row, row["path"]))
+    tasks = [({k: v for k, v in row.items() if k != "path"}, row["path"]) for row in mine]
     settings = ExportSettings(
         out=str(out), dest=str(dest), fmt=fmt, quality=int(cfg.export.quality)
     )
-    for _ in map_in_workers(
-        _export_one,
+    for done in ordered_map(
+        export_one,
         tasks,
-        int(cfg.workers),
-        _init_worker,
-        (settings,),
+        workers=int(cfg.workers),
+        init=Exporter,
+        init_args=(settings,),
         progress=bool(cfg.get("progress", True)),
         desc=f"export shard {shard}/{num_shards}",
+        unit="img",
     ):
-        summary.written += 1
+        relpath, status = done
+        if status == "kept":
+            summary.skipped += 1
+        else:
+            summary.written += 1
+            if status == "replaced":
+                summary.replaced.append(relpath)
     write_once(meta_path, meta_bytes, f"delete {dest} or set export.dir to another folder")
     summary.seconds = time.perf_counter() - start
     return summary

@@ -1,4 +1,4 @@
-"""Inpainters: fill the masked pixels of an image (SPEC §3).
+"""Inpainters: fill the masked pixels of an image (paper 000, §4 and App. C).
 
 `OpenCVInpainter` is the offline default; `LamaInpainter` runs the paper's LaMa from a local
 TorchScript file (big-lama.pt as used by Inpaint-Anything / lama-cleaner). Both take a uint8
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from hsi.inpaint.masks import check_image
+from hsi.generate.inpaint.masks import check_image
 
 
 class Inpainter(Protocol):

@@ -1,11 +1,12 @@
 """Assets, made once per source image: the inpainted background and the core object crop.
 
 Every group and size of Hard-Spurious-ImageNet reuses these, so inpainting (the expensive step)
-runs once per source image. Layout under a build's output folder `out`:
+runs once per source image. Three kinds, one PNG each per image (where they live in a built
+dataset is hsi.generate.layout's business):
 
-    assets/bg/<split>/<image_id>.png     inpainted image, resized to resolution x resolution
-    assets/core/<split>/<image_id>.png   pixels of the core box, cut from the decoded source image
-    assets/alpha/<split>/<image_id>.png  (SAM variant) the object's mask inside that box, 0/255
+    bg     the inpainted image, resized to resolution x resolution
+    core   the pixels of the core box, cut from the decoded source image
+    alpha  (SAM variant) the object's mask inside that box, 0/255
 
 All assets are lossless PNGs. Every resize in the project goes through `resize_rgb` (PIL
 bilinear, which PIL antialiases when shrinking) or `resize_mask` (nearest), so that composition
@@ -14,6 +15,7 @@ on the fly and exported files agree bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -24,13 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hsi.io import atomic_save_png, sha256_file
+from hsi.generate.layout import CORE_BOXES, DatasetFolder
+from hsi.io import atomic_write_bytes, png_bytes
 from hsi.sources.record import Box
 
 RGB_RESAMPLE = Image.BILINEAR  # the one resize filter for images (backgrounds and crops)
 MASK_RESAMPLE = Image.NEAREST  # masks stay binary
-ASSET_KINDS = ("bg", "core", "alpha")
-CORE_BOX_RULES = ("largest", "first")
 
 
 def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -60,7 +61,7 @@ def choose_core_box(boxes: Sequence[Box], rule: str = "largest") -> Box:
     if rule == "largest":
         # max() keeps the first of equal maxima, so ties resolve by the boxes' stored order.
         return max(boxes, key=box_area)
-    raise ValueError(f"dataset.core_box must be one of {CORE_BOX_RULES}, got {rule!r}")
+    raise ValueError(f"dataset.core_box must be one of {CORE_BOXES}, got {rule!r}")
 
 
 def box_pixels(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
@@ -132,34 +133,34 @@ def make_assets(
 class AssetStore:
     """Paths of a build's assets, atomic saving, and loading with a small LRU cache.
 
-    `out` is the build's output folder (the one holding recipe.csv). Loaded arrays are read-only,
+    `out` is the built dataset's folder (hsi.generate.layout). Loaded arrays are read-only,
     because the cache hands the same array to every caller.
     """
 
     def __init__(self, out: str | os.PathLike, cache_size: int = 256):
         self.out = Path(out)
-        self.root = self.out / "assets"
+        self.folder = DatasetFolder(self.out)
+        self.root = self.folder.assets_dir
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def path(self, kind: str, key: str) -> Path:
-        """assets/<kind>/<split>/<image_id>.png for an ImageRecord key "<split>/<image_id>"."""
-        if kind not in ASSET_KINDS:
-            raise ValueError(f"unknown asset kind {kind!r}; expected one of {ASSET_KINDS}")
-        split, sep, image_id = key.partition("/")
-        if not sep or not image_id or "/" in image_id:
-            raise ValueError(f"asset keys look like 'train/<image_id>', got {key!r}")
-        return self.root / kind / split / f"{image_id}.png"
+        """The file of one image's asset, for an ImageRecord key "<split>/<image_id>"."""
+        return self.folder.asset_path(kind, key)
 
     def exists(self, key: str, kinds: Sequence[str]) -> bool:
         return all(self.path(kind, key).is_file() for kind in kinds)
 
     def save(self, key: str, assets: ImageAssets) -> dict[str, str]:
-        """Write every asset of one image atomically; returns {kind: sha256 of the file}."""
+        """Write every asset of one image atomically; returns {kind: sha256 of the bytes written}.
+
+        The hash is of the bytes this process encoded, never of what a file holds later.
+        """
         hashes = {}
         for kind, array in assets.arrays().items():
-            path = atomic_save_png(self.path(kind, key), array)
-            hashes[kind] = sha256_file(path)
+            data = png_bytes(array)
+            atomic_write_bytes(self.path(kind, key), data)
+            hashes[kind] = hashlib.sha256(data).hexdigest()
         return hashes
 
     def load(self, kind: str, key: str) -> np.ndarray:

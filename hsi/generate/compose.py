@@ -1,4 +1,4 @@
-"""Compose one Hard-Spurious-ImageNet sample from its recipe row and the assets (SPEC §4).
+"""Compose one Hard-Spurious-ImageNet sample from its recipe row and the assets (paper 000, §4).
 
 background = the inpainted asset of `bg_image`; core = the crop of `fg_image`, resized to the
 group's size s (`squash`, the paper: s x s whatever the aspect; or `fit`: the longer side s,
@@ -16,13 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from hsi.assets import AssetStore, resize_mask, resize_rgb
+from hsi.generate.assets import AssetStore, resize_mask, resize_rgb
+from hsi.generate.layout import PASTE_MODES, RESIZE_MODES, DatasetFolder
 from hsi.groups import placement_xy
-
-RESIZE_MODES = ("squash", "fit")
-PASTE_MODES = ("rect", "alpha")
 
 
 def fit_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -128,21 +125,16 @@ class Composer:
 
     @classmethod
     def from_output(cls, out: str | os.PathLike, cache_size: int = 256) -> Composer:
-        """Read out/config.yaml and out/recipe.csv written by `hsi-generate build`."""
-        out = Path(out)
-        config_path, recipe_path = out / "config.yaml", out / "recipe.csv"
-        for path in (config_path, recipe_path):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} not found; run `hsi-generate build out={out}` first"
-                )
-        dataset = OmegaConf.load(config_path).dataset
+        """The built dataset in `out` (`hsi-generate build`), with its own settings."""
+        folder = DatasetFolder(out)
+        folder.require_built()
+        spec = folder.spec()
         return cls(
-            out=out,
-            recipe=read_recipe(recipe_path),
-            resolution=int(dataset.resolution),
-            resize_mode=str(dataset.resize_mode),
-            paste=str(dataset.paste),
+            out=folder.out,
+            recipe=folder.read_recipe(),
+            resolution=spec.resolution,
+            resize_mode=spec.resize_mode,
+            paste=spec.paste,
             cache_size=cache_size,
         )
 
@@ -156,10 +148,3 @@ class Composer:
         """The i-th sample of the recipe."""
         return self(self.recipe.iloc[i])
 
-
-def read_recipe(path: str | os.PathLike) -> pd.DataFrame:
-    """recipe.csv with wnids kept as strings and the boolean column restored."""
-    recipe = pd.read_csv(path, dtype={"wnid": str, "bg_wnid": str, "sample_id": str})
-    if "reused" in recipe.columns:
-        recipe["reused"] = recipe["reused"].astype(bool)
-    return recipe

@@ -1,6 +1,6 @@
 """Check that a build is complete and intact (`hsi-generate validate`).
 
-Checks: config.yaml and recipe.csv are present; manifests exist and no shard of a sharding is
+Checks: the build's config and recipe are present; manifests exist and no shard of a sharding is
 missing; every image the recipe needs has an `ok` manifest row; each of its asset files exists,
 has the sha256 the manifest recorded, decodes, and has the right shape (background
 resolution x resolution x 3, core crop HxWx3, alpha HxW of 0/255 matching the crop). Every
@@ -10,22 +10,17 @@ problem is reported with the file it concerns; any problem makes the exit code n
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 from PIL import Image
 
-from hsi.assets import AssetStore
-from hsi.build import asset_kinds, map_in_workers, read_manifests
-from hsi.compose import read_recipe
+from hsi.generate.layout import DatasetFolder
+from hsi.generate.recipe import needed_images
 from hsi.io import sha256_file
-from hsi.recipe import needed_images
-
-_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.csv$")
+from hsi.workers import ordered_map
 
 
 @dataclass
@@ -80,13 +75,15 @@ def _decode_problem(path: Path, kind: str, resolution: int) -> tuple[str | None,
     return None, shape
 
 
-def check_image_assets(task: tuple[str, str, dict[str, str], Sequence[str], int]) -> list[str]:
+def check_image_assets(
+    _state: None, task: tuple[str, str, dict[str, str], Sequence[str], int]
+) -> list[str]:
     """Problems of one source image's assets: existence, sha256 against the manifest, decoding, shape."""
     out, key, expected, kinds, resolution = task
-    store = AssetStore(out, cache_size=0)
+    folder = DatasetFolder(out)
     problems, shapes = [], {}
     for kind in kinds:
-        path = store.path(kind, key)
+        path = folder.asset_path(kind, key)
         if not path.is_file():
             problems.append(f"missing asset {path} (image {key})")
             continue
@@ -101,27 +98,9 @@ def check_image_assets(task: tuple[str, str, dict[str, str], Sequence[str], int]
             problems.append(problem)
     if shapes.get("alpha") and shapes.get("core") and shapes["alpha"] != shapes["core"][:2]:
         problems.append(
-            f"alpha {store.path('alpha', key)} is {shapes['alpha']} but its core crop is {shapes['core'][:2]}"
+            f"alpha {folder.asset_path('alpha', key)} is {shapes['alpha']} but its core crop is {shapes['core'][:2]}"
         )
     return problems
-
-
-def _manifest_problems(out: Path) -> list[str]:
-    """Missing manifest files: none at all, or a shard of a sharding that wrote the others."""
-    folder = out / "manifest"
-    found: dict[int, set[int]] = {}
-    for path in sorted(folder.glob("shard-*-of-*.csv")):
-        match = _SHARD_NAME.search(path.name)
-        if match:
-            found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
-    if not found:
-        return [f"no manifest in {folder}: run `hsi-generate build out={out}` (every shard) first"]
-    return [
-        f"missing manifest {folder / f'shard-{i}-of-{n}.csv'} (shard {i} of {n} has not finished)"
-        for n, shards in sorted(found.items())
-        for i in range(n)
-        if i not in shards
-    ]
 
 
 def validate_output(
@@ -129,30 +108,23 @@ def validate_output(
 ) -> ValidationReport:
     """Check the build in `out`; the report lists every problem (none = complete and intact)."""
     out = Path(out)
+    folder = DatasetFolder(out)
     report = ValidationReport(out=out)
-    config_path, recipe_path = out / "config.yaml", out / "recipe.csv"
-    for path in (config_path, recipe_path):
-        if not path.is_file():
-            report.problems.append(f"missing {path}: run `hsi-generate build out={out}` first")
+    for path in folder.missing_files():
+        report.problems.append(f"missing {path}: run `hsi-generate build out={out}` first")
     if report.problems:
         return report
-    dataset = OmegaConf.load(config_path).dataset
-    kinds = asset_kinds(dataset)
-    needed = needed_images(read_recipe(recipe_path))
+    spec = folder.spec()
+    kinds = spec.asset_kinds
+    needed = needed_images(folder.read_recipe())
     report.needed = len(needed)
-    missing_manifests = _manifest_problems(out)
+    missing_manifests = folder.manifest_problems()
     if missing_manifests and missing_manifests[0].startswith("no manifest"):
         report.problems += missing_manifests
         return report
 
-    manifests = read_manifests(out)
-    ok_rows = manifests[manifests["status"] == "ok"]
-    # The last ok row per image wins (manifest files are read sorted by name).
-    expected = {
-        row["key"]: {k: row.get(f"{k}_sha256", "") for k in kinds}
-        for row in ok_rows.to_dict("records")
-    }
-    failed = manifests[(manifests["status"] != "ok") & ~manifests["key"].isin(set(expected))]
+    expected = folder.ok_hashes(kinds)
+    failed = folder.failures()
     for row in failed.to_dict("records"):
         report.problems.append(f"failed image {row['key']} ({row['manifest']}): {row['reason']}")
     failed_keys = set(failed["key"])
@@ -166,16 +138,10 @@ def validate_output(
             "finish every shard of the build"
         )
 
-    tasks = [
-        (str(out), k, expected[k], kinds, int(dataset.resolution)) for k in needed if k in expected
-    ]
-    for problems in map_in_workers(
-        check_image_assets, tasks, workers, _no_init, (), progress=progress, desc="validate"
+    tasks = [(str(out), k, expected[k], kinds, spec.resolution) for k in needed if k in expected]
+    for problems in ordered_map(
+        check_image_assets, tasks, workers=workers, progress=progress, desc="validate", unit="img"
     ):
         report.checked += 1
         report.problems += problems
     return report
-
-
-def _no_init() -> None:
-    """Checking needs no per-process state."""

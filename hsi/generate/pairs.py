@@ -1,4 +1,4 @@
-"""Foreground/background class pairs of Hard-Spurious-ImageNet-v2 (SPEC §4).
+"""Foreground/background class pairs of Hard-Spurious-ImageNet-v2 (paper 000, §4).
 
 In v2 the R backgrounds of a foreground class always come from one paired class whose
 background alone is highly predictive ("spurious"), while the foreground classes are those a
@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from hsi.io import atomic_write_csv
+
+if TYPE_CHECKING:
+    from hsi.generate.spec import DatasetSpec
+    from hsi.sources.record import SourceIndex
 
 # (wnid, name) of the paper's 10 foreground classes, in the paper's order.
 PAPER_V2_FOREGROUNDS: tuple[tuple[str, str], ...] = (
@@ -128,3 +134,35 @@ def _check_columns(table: pd.DataFrame, required: Iterable[str], where: str) -> 
             f"{where}: missing column(s) {missing}; expected columns {list(required)}, "
             f"found {list(table.columns)}"
         )
+
+
+def resolve_pairs(spec: DatasetSpec, index: SourceIndex) -> dict[str, str] | None:
+    """v2 pairs {fg_wnid: bg_wnid}: from `pairs_from` (an accuracy CSV) if set, else `pairs`.
+
+    `pairs` is null (v1), `paper` (the paper's 10 ImageNet pairs) or an explicit mapping.
+    """
+    if spec.pairs_from:
+        if not Path(spec.pairs_from).is_file():
+            raise FileNotFoundError(
+                f"dataset.pairs_from={spec.pairs_from}: file not found; give a CSV with columns "
+                "wnid,accuracy (per-class background-only accuracy)"
+            )
+        n = spec.pairs_count
+        return select_pairs(read_accuracy_csv(spec.pairs_from), n_fg=n, n_bg=n)
+    pairs = spec.pairs
+    if pairs is None:
+        return None
+    if pairs == "paper":
+        missing = sorted((set(PAPER_V2_PAIRS) | set(PAPER_V2_PAIRS.values())) - set(index.wnids))
+        if missing:
+            raise ValueError(
+                f"dataset.pairs=paper names ImageNet classes this source lacks ({len(missing)}, e.g. "
+                f"{missing[:3]}); on another source set dataset.pairs={{fg_wnid: bg_wnid, ...}} or "
+                "dataset.pairs_from=<background-accuracy CSV>"
+            )
+        return dict(PAPER_V2_PAIRS)
+    if isinstance(pairs, str):
+        raise ValueError(
+            f"dataset.pairs must be null, 'paper' or a mapping fg_wnid: bg_wnid, got {pairs!r}"
+        )
+    return {str(k): str(v) for k, v in dict(pairs).items()}

@@ -1,4 +1,4 @@
-"""The Hard-Spurious-ImageNet recipe: one deterministic row per sample (SPEC §4).
+"""The Hard-Spurious-ImageNet recipe: one deterministic row per sample (paper 000, §4).
 
 The recipe says, for every sample, which source image gives the core object (`fg_image`),
 which gives the background (`bg_image`), and in which of the 12 groups it is pasted. Assets

@@ -1,4 +1,4 @@
-"""Maskers: which pixels of an image the inpainter must fill (SPEC §3).
+"""Maskers: which pixels of an image the inpainter must fill (paper 000, §4 and App. C).
 
 A masker turns an image and its object boxes into one uint8 HxW mask in {0, 255}: the union of
 every object's region, dilated once with a square kernel (15x15 in the paper, about 7 px each
@@ -119,7 +119,7 @@ def image_key(image: np.ndarray) -> str:
 
 
 class SamMasker:
-    """Segment-Anything masks, one box prompt per object (SPEC §3, App. E).
+    """Segment-Anything masks, one box prompt per object (paper 000, App. E).
 
     The model loads lazily on first use, once per instance, so an unloaded masker pickles cheaply
     to worker processes and each worker loads once. The image embedding (the expensive part) is

@@ -1,0 +1,146 @@
+"""What a Hard-Spurious-ImageNet build is: the `dataset` node parsed once, and the build's keys.
+
+`DatasetSpec.from_config` applies the defaults and checks every value (paper 000, §4: the
+resolution, three object sizes, counts per group, the pasting variant of App. E); an error
+names the key and the fix. `GENERATION_KEYS` decide the output, `RUNTIME_KEYS` only how a build
+runs (hsi.generate.layout saves the former in the built folder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from hsi.generate.recipe import RecipeCounts
+from hsi.groups import default_sizes
+
+# The keys that decide what is built (saved in the built folder) ...
+GENERATION_KEYS = ("seed", "source", "mask", "inpaint", "dataset")
+# ... and the keys that change how a build runs, never what it holds: left out of the saved
+# config (also from the source node) and of anything that names the data a job uses.
+RUNTIME_KEYS = ("workers", "progress", "shard", "num_shards")
+ASSET_KINDS = ("bg", "core", "alpha")
+RESIZE_MODES = ("squash", "fit")
+PASTE_MODES = ("rect", "alpha")
+CORE_BOXES = ("largest", "first")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The `dataset` node with its defaults applied and checked (conf/dataset/*.yaml)."""
+
+    name: str
+    resolution: int
+    sizes: tuple[int, int, int]
+    counts: RecipeCounts
+    classes: tuple[str, ...] | None = None
+    pairs: object = None  # null (v1) | "paper" | {fg_wnid: bg_wnid}
+    pairs_from: str | None = None
+    pairs_count: int = 10
+    replacement: bool = False
+    resize_mode: str = "squash"
+    paste: str = "rect"
+    core_box: str = "largest"
+
+    @classmethod
+    def from_config(cls, node: Mapping) -> DatasetSpec:
+        """Parse (and check) a `dataset` node; every error names its key and the fix."""
+        node = _plain(node)
+        resolution = _int(node, "resolution", None)
+        if resolution < 1:
+            raise ConfigError(f"dataset.resolution={resolution}: must be a positive pixel count")
+        raw_sizes = node.get("sizes")
+        sizes = default_sizes(resolution) if raw_sizes is None else tuple(raw_sizes)
+        bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int)]
+        if bad or len(sizes) != 3 or list(sizes) != sorted(set(sizes)):
+            raise ConfigError(
+                f"dataset.sizes={list(sizes)}: give three distinct whole pixel sizes, small to "
+                f"large (e.g. dataset.sizes=[16,24,32]), or null for 1/4, 3/8, 1/2 of the resolution"
+            )
+        if sizes[0] < 1 or sizes[-1] > resolution:
+            raise ConfigError(
+                f"dataset.sizes={list(sizes)}: every size must lie in 1..dataset.resolution "
+                f"({resolution}); set dataset.sizes=null for {list(default_sizes(resolution))}"
+            )
+        counts = node.get("counts") or {}
+        train = counts.get("train") or {}
+        try:
+            recipe_counts = RecipeCounts(
+                train_easy=train.get("easy"),
+                train_medium=train.get("medium"),
+                train_hard=train.get("hard"),
+                val=counts.get("val"),
+                test=counts.get("test"),
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"dataset.counts: {e}") from None
+        classes = node.get("classes")
+        spec = cls(
+            name=str(node.get("name", "hsi")),
+            resolution=resolution,
+            sizes=tuple(int(s) for s in sizes),
+            counts=recipe_counts,
+            classes=None if classes is None else tuple(str(c) for c in classes),
+            pairs=node.get("pairs"),
+            pairs_from=node.get("pairs_from") or None,
+            pairs_count=_int(node, "pairs_count", 10),
+            replacement=bool(node.get("replacement", False)),
+            resize_mode=str(node.get("resize_mode", "squash")),
+            paste=str(node.get("paste", "rect")),
+            core_box=str(node.get("core_box", "largest")),
+        )
+        for key, value, allowed in (
+            ("resize_mode", spec.resize_mode, RESIZE_MODES),
+            ("paste", spec.paste, PASTE_MODES),
+            ("core_box", spec.core_box, CORE_BOXES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"dataset.{key}={value!r}: must be one of {', '.join(allowed)}")
+        return spec
+
+    @property
+    def asset_kinds(self) -> tuple[str, ...]:
+        """Assets each image needs: the alpha mask only for `paste: alpha` (SAM variant)."""
+        return ASSET_KINDS if self.paste == "alpha" else ASSET_KINDS[:2]
+
+
+def _plain(node: Mapping) -> dict:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node)
+
+
+def _int(node: Mapping, key: str, default: int | None) -> int:
+    value = node.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"dataset.{key}={value!r}: must be a whole number")
+    return value
+
+
+def generation_config(cfg: DictConfig | Mapping) -> str:
+    """The resolved YAML of the keys that decide the output (what the built folder saves)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    chosen = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(GENERATION_KEYS)), resolve=True)
+    return OmegaConf.to_yaml(OmegaConf.create(without_runtime_keys(chosen)))
+
+
+def without_runtime_keys(generate: Mapping) -> dict:
+    """A plain copy of a generation config without RUNTIME_KEYS, at its top and in its source.
+
+    What is left names the data a build holds: two configs that differ only in runtime keys
+    give the same dataset (and the same saved config).
+    """
+    node = dict(generate)
+    for key in RUNTIME_KEYS:
+        node.pop(key, None)
+    if isinstance(node.get("source"), Mapping):
+        node["source"] = {k: v for k, v in node["source"].items() if k not in RUNTIME_KEYS}
+    return node
