@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -239,6 +242,39 @@ def load_checkpoint(
     else:
         log.info("checkpoint %s: backbone and %d-class head loaded", path, num_classes)
     return model
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(x, y, group_id)``, ``(x, y)`` or ``x`` -> ``(x, y or None, group_id or None)``."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None, None
+    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        x, y, *rest = batch
+        return x, y, (rest[0] if rest else None)
+    raise ValueError(
+        f"expected a batch (x, y, group_id), (x, y) or a tensor x; got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
+    )
+
+
+@contextmanager
+def evaluating(model: nn.Module, device: str | torch.device = "cpu") -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode on ``device`` without gradients; restore mode and device after.
+
+    Dropout off and batch-norm on running statistics: what JTT's error set and DFR's embeddings
+    must see. The caller's model comes back exactly as it was handed over.
+    """
+    was_training = model.training
+    param = next(model.parameters(), None)
+    old_device = param.device if param is not None else None
+    model.to(device).eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+        if old_device is not None:
+            model.to(old_device)
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
+from hsi.embeddings import data_key
 from hsi.groups import PLACEMENTS, make_groups
 from hsi.loggers import group_table_rows
 from hsi.models import create_model
 from hsi.results import find_results, flat_metrics, read_results, write_results
-from hsi.train import check_run_folder, data_key, make_datamodule, resolve_checkpoint, train
+from hsi.train import check_run_folder, make_datamodule, make_method, resolve_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -185,6 +186,8 @@ GROUP_OPTIONS = [
     *[f"data={o}" for o in options("data")],
     *[f"model={o}" for o in options("model")],
     *[f"method={o}" for o in options("method")],
+    *[f"method=dfr method/variant={o}" for o in options("method/variant")],
+    *[f"callbacks={o}" for o in options("callbacks")],
     *[f"trainer={o}" for o in options("trainer")],
     *[f"logger={o}" for o in options("logger")],
     *[f"experiment={o}" for o in options("experiment")],
@@ -199,21 +202,27 @@ GROUP_OPTIONS = [
 
 @pytest.mark.parametrize("choice", GROUP_OPTIONS)
 def test_every_config_of_every_group_composes_resolves_and_builds(choice):
-    cfg = compose_filled([choice])
+    # method=pretrained refuses a model without weights before anything is built
+    weights = ["model.pretrained=true"] if choice == "method=pretrained" else []
+    cfg = compose_filled([*choice.split(), *weights])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert resolved["out"] == "/tmp/run" and resolved["seed"] == 0
     dm = make_datamodule(cfg)  # constructors check their arguments; no data is read
     assert hasattr(dm, "prepare_data") and dm.batch_size >= 1
     factory = instantiate(cfg.model)
     assert factory.func is create_model and factory.keywords["name"]
-    if cfg.method.algorithm != "evaluate":  # method=pretrained trains nothing
-        module = instantiate(cfg.method.module if "module" in cfg.method else cfg.method.erm_module)
-        assert module.func.__name__ in ("ERMModule", "JTTModule")
+    method = make_method(cfg)  # the method's class of method._target_, its config checked
+    assert method.name == cfg.method.name
+    for node in (cfg.method, cfg.method.get("erm")):  # a method's module and its stage 1's
+        if node is not None and "module" in node:
+            module = instantiate(node.module)
+            assert module.func.__name__ in ("ERMModule", "JTTModule")
+            assert instantiate(node.optimizer).func is torch.optim.SGD
     assert cfg.trainer.max_epochs == cfg.method.epochs or choice == "trainer=debug"
     if cfg.trainer.accelerator != "gpu":  # a gpu trainer cannot be built on this CPU machine
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
-    assert cfg.method.algorithm in ("erm", "jtt", "dfr", "evaluate")
+    assert type(method).__name__ in ("ERM", "JTT", "DFR", "Pretrained")
 
 
 def test_the_slurm_launcher_composes_with_the_submitit_keys():
@@ -234,15 +243,16 @@ def test_the_slurm_launcher_composes_with_the_submitit_keys():
 
 
 def test_method_configs_carry_the_paper_recipe():
-    """SPEC §6, written out here by hand."""
+    """Paper 000, §5, written out here by hand."""
     erm = compose_train(["out=/x"]).method
     assert (erm.name, erm.epochs) == ("erm", 20)
     assert (
-        erm.module.lr,
-        erm.module.momentum,
-        erm.module.weight_decay,
-        erm.module.lr_schedule,
-    ) == (1e-3, 0.9, 1e-3, "constant")
+        erm.optimizer._target_,
+        erm.optimizer.lr,
+        erm.optimizer.momentum,
+        erm.optimizer.weight_decay,
+        erm.lr_scheduler,
+    ) == ("torch.optim.SGD", 1e-3, 0.9, 1e-3, None)
     base = compose_train(["out=/x"])
     assert (
         base.data.batch_size == 256
@@ -255,14 +265,13 @@ def test_method_configs_carry_the_paper_recipe():
     assert compose_filled(["experiment=paper_erm", "method=erm_all"]).data.sampling == "balanced"
     jtt = compose_train(["method=jtt"]).method
     assert jtt.lambda_up == 50 and jtt.erm_checkpoint is None and jtt.epochs == 20
-    assert jtt.module.lr == jtt.erm_module.lr == 1e-3 and jtt.module.lambda_up == 50
+    # stage 1 is the ERM method's node, composed (not copied); stage 2 shares its optimizer
+    assert jtt.erm == erm and jtt.optimizer == jtt.erm.optimizer
     dfr = compose_train(["method=dfr"]).method
-    assert dfr.variant == "paper" and (dfr.paper.epochs, dfr.paper.lr, dfr.paper.l2) == (
-        1000,
-        1.0,
-        100.0,
-    )
-    assert dfr.official.n_subsets >= 1 and list(dfr.official.c_grid)
+    assert dfr.erm == erm and dfr.variant._target_ == "hsi.methods.dfr.PaperRecipe"
+    assert (dfr.variant.epochs, dfr.variant.lr, dfr.variant.l2) == (1000, 1.0, 100.0)
+    official = compose_train(["method=dfr", "method/variant=official"]).method.variant
+    assert official.n_subsets >= 1 and list(official.c_grid)
 
 
 @pytest.mark.parametrize("name", [o for o in options("experiment") if o.startswith("paper_")])
@@ -272,13 +281,15 @@ def test_paper_experiments_are_the_paper_setting(name):
     assert cfg.data.generate.dataset.resolution == 224 and cfg.data.batch_size == 256
     assert cfg.data.generate.source._target_.endswith("ImageNetSource")
     assert cfg.trainer.accelerator == "gpu"
-    recipe = cfg.method.get("module") if cfg.method.algorithm != "dfr" else cfg.method.erm_module
-    assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.lr_schedule) == (
-        1e-3,
-        0.9,
-        1e-3,
-        "constant",
-    )
+    for node in (cfg.method, cfg.method.get("erm")):
+        if node is not None and "optimizer" in node:
+            recipe = node.optimizer
+            assert (recipe.lr, recipe.momentum, recipe.weight_decay, node.lr_scheduler) == (
+                1e-3,
+                0.9,
+                1e-3,
+                None,
+            )
     expected = {"paper_erm": ("erm", "standard"), "paper_erm_easy": ("erm_easy", "easy"),
                 "paper_erm_all": ("erm_all", "balanced"), "paper_jtt": ("jtt", "standard"),
                 "paper_dfr": ("dfr", "standard")}[name]  # fmt: skip
@@ -507,7 +518,7 @@ def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
 def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
     sweep = work / "sweep_b"
     lambda_up = 3
-    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm_easy,jtt", "++method.erm_epochs=1",
+    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm_easy,jtt", "++method.erm.epochs=1",
                f"++method.lambda_up={lambda_up}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
     erm_easy, jtt = read_results(sweep / "0"), read_results(sweep / "1")
     check_results(erm_easy, "erm_easy", sweep / "0")
@@ -549,9 +560,12 @@ def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
 def test_dfr_paper_and_official_share_one_embedding_extraction(work, sweep_a):
     sweep, cache = work / "sweep_c", work / "cache"
     erm_run = sweep_a / "0"
-    hsi_train(["-m", *hsi_data(work), *FAST, "method=dfr", "method.variant=paper,official",
-               f"method.erm_checkpoint={erm_run}", "method.paper.l2=10", "method.official.n_subsets=3",
-               f"method.cache_dir={cache}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    common = [*hsi_data(work), *FAST, "method=dfr", f"method.erm_checkpoint={erm_run}",
+              f"method.cache_dir={cache}"]  # fmt: skip
+    # the two recipes have their own keys (conf/method/variant/): one run each, one cache
+    hsi_train([*common, "method.variant.l2=10", f"hydra.run.dir={sweep / '0'}"], work)
+    hsi_train([*common, "method/variant=official", "method.variant.n_subsets=3",
+               f"hydra.run.dir={sweep / '1'}"], work)  # fmt: skip
     paper, official = read_results(sweep / "0"), read_results(sweep / "1")
     for results, job in ((paper, "0"), (official, "1")):
         check_results(results, "dfr", sweep / job)
@@ -634,8 +648,8 @@ def test_wandb_offline_dfr_run_logs_group_tables_and_finishes(work):
     import wandb
 
     run = work / "wandb_dfr"
-    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method=dfr", "method.erm_epochs=1",
-                             "method.paper.l2=10", f"method.cache_dir={work / 'cache_wandb'}"], run)  # fmt: skip
+    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method=dfr", "method.erm.epochs=1",
+                             "method.variant.l2=10", f"method.cache_dir={work / 'cache_wandb'}"], run)  # fmt: skip
     assert wandb.run is None  # finished
     check_results(results, "dfr", run)
     assert results["stage1"]["trained_here"] and results["stage1"]["epochs"] == 1

@@ -25,8 +25,8 @@ def main(cfg: DictConfig) -> float | None:
 
     single_console_log()
     results = train(cfg)
-    if results["algorithm"] == "dfr":
-        return None  # DFR's last layer is fit on val: its val accuracy is no selection signal
+    if not results["selects_on_val"]:
+        return None  # e.g. DFR's last layer is fit on val: its val accuracy is no selection signal
     return results["val"].get("worst_group_acc")
 
 

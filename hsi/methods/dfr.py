@@ -1,166 +1,54 @@
-"""Deep Feature Reweighting (DFR): retrain the last layer of a frozen ERM model on val (SPEC §6).
+"""Deep Feature Reweighting (DFR): retrain the last layer of a frozen ERM model on val.
 
-Embeddings (``forward_features`` + ``forward_head(pre_logits=True)``, eval mode, eval
-transforms) are cached on disk by checkpoint hash and split, so a sweep extracts them once.
-Two recipes:
+Paper 000, §5 (DFR row of Table 3, Fig. 7). Stage 1 is an ERM model at epoch T
+(``method.erm`` or ``method.erm_checkpoint``); its embeddings come through
+:mod:`hsi.embeddings` (extracted once per checkpoint and data). Two recipes, each a
+``_target_`` node chosen with ``method/variant=paper|official``:
 
-- ``paper`` (:func:`fit_dfr_paper`): StandardScaler fit on the val embeddings, a linear layer
-  trained from scratch on all of val, full batch, SGD lr 1, cosine schedule, 1000 epochs,
-  l2 penalty 100 (the form is given in the function's docstring);
-- ``official`` (:func:`fit_dfr_official`): the public DFR(val) recipe: group-balanced subsets of
-  val, StandardScaler, L1 logistic regression, C chosen by worst-group accuracy on a held-out
-  half, coefficients averaged over seeded subsets.
+- :class:`PaperRecipe` (:func:`fit_dfr_paper`): StandardScaler fit on the val embeddings, a
+  linear layer trained from scratch on all of val, full batch, SGD lr 1, cosine schedule,
+  1000 epochs, l2 penalty 100 (the form is given in the function's docstring);
+- :class:`OfficialRecipe` (:func:`fit_dfr_official`): the public DFR(val) recipe:
+  group-balanced subsets of val, StandardScaler, L1 logistic regression, C chosen by
+  worst-group accuracy on a held-out half, coefficients averaged over seeded subsets.
 
 :class:`DFRModule` holds the result (scaler statistics + linear head) and is evaluated with
-``trainer.test`` on an embedding loader (:func:`embedding_loader`), logging the same group
-metrics as the other methods.
+``trainer.test`` on an embedding loader (:func:`hsi.embeddings.embedding_loader`), logging the
+same group metrics as the other methods.
 """
 
 from __future__ import annotations
 
-import io
-import re
+import logging
 import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from hsi.embeddings import (
+    EmbeddingCache,
+    Embeddings,
+    data_key,
+    embedding_loader,
+    extract_embeddings,
+)
 from hsi.groups import Group
-from hsi.io import atomic_write_bytes, atomic_write_text, item_rng, sha256_file
-from hsi.methods.erm import GroupEvalModule, as_groups, evaluating, group_sizes, split_batch
-from hsi.models import embed
+from hsi.io import item_rng
+from hsi.methods.base import GroupEvalModule, Method, as_groups, group_sizes
+from hsi.methods.jtt import check_stage1
 
-Embeddings = tuple[np.ndarray, np.ndarray, np.ndarray]  # X float32 [N, D], y int64 [N], g int64 [N]
-VARIANTS = ("paper", "official")
+log = logging.getLogger(__name__)
 OFFICIAL_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # the public DFR script's grid
-
-
-# --------------------------------------------------------------------------- embeddings
-def _network(model: nn.Module) -> nn.Module:
-    """The timm network inside a training module (``.model``), or the network itself."""
-    if hasattr(model, "forward_features"):
-        return model
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nn.Module) and hasattr(inner, "forward_features"):
-        return inner
-    raise TypeError(
-        f"{type(model).__name__} has no forward_features/forward_head (a timm model is expected)"
-    )
-
-
-def extract_embeddings(
-    model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu"
-) -> Embeddings:
-    """Pre-logit embeddings of every sample of ``loader`` (in its order), in eval mode, no grad.
-
-    Returns ``(X float32 [N, D], y int64 [N], g int64 [N])``; ``g`` is 0 where batches carry no
-    group id. The model is handed back in its former mode and device.
-    """
-    net = _network(model)
-    xs, ys, gs = [], [], []
-    with evaluating(net, device):
-        for batch in loader:
-            x, y, g = split_batch(batch)
-            if y is None:
-                raise ValueError("the embedding loader must yield (x, y, group_id) batches")
-            xs.append(embed(net, x.to(device)).float().cpu())
-            ys.append(y.cpu())
-            gs.append(torch.zeros_like(y) if g is None else g.cpu())
-    return (
-        torch.cat(xs).numpy().astype(np.float32),
-        torch.cat(ys).numpy().astype(np.int64),
-        torch.cat(gs).numpy().astype(np.int64),
-    )
-
-
-class EmbeddingCache:
-    """Embeddings on disk at ``root/<sha256(checkpoint)[:16]>/<split>-<data_key>.npz``.
-
-    The key is the checkpoint file's content, not its path, so a retrained model never reuses
-    stale embeddings and a copied checkpoint reuses them. ``data_key`` names the data (e.g. the
-    dataset name and resolution): letters, digits, ``.``, ``_``, ``-`` and ``=``.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self._hashes: dict[tuple[str, int, int], str] = {}
-
-    def checkpoint_key(self, checkpoint_path: str | Path) -> str:
-        path = Path(checkpoint_path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"DFR checkpoint {path} does not exist; point dfr.checkpoint at an ERM run's .ckpt"
-            )
-        stat = path.stat()
-        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if memo not in self._hashes:  # hashing a large checkpoint once per process is enough
-            self._hashes[memo] = sha256_file(path)[:16]
-        return self._hashes[memo]
-
-    def path(self, checkpoint_path: str | Path, split: str, data_key: str) -> Path:
-        for name, value in (("split", split), ("data_key", data_key)):
-            if not re.fullmatch(r"[A-Za-z0-9._=-]+", value):
-                raise ValueError(
-                    f"{name}={value!r} must be a plain file-name part (letters, digits, . _ - =)"
-                )
-        return self.root / self.checkpoint_key(checkpoint_path) / f"{split}-{data_key}.npz"
-
-    def get_or_compute(
-        self,
-        checkpoint_path: str | Path,
-        split: str,
-        data_key: str,
-        compute_fn: Callable[[], Embeddings],
-    ) -> Embeddings:
-        """The cached ``(X, y, g)``, or ``compute_fn()``'s, saved atomically first."""
-        path = self.path(checkpoint_path, split, data_key)
-        if path.is_file():
-            return _load_embeddings(path)
-        X, y, g = compute_fn()
-        X, y, g = np.asarray(X, np.float32), np.asarray(y, np.int64), np.asarray(g, np.int64)
-        if not (X.ndim == 2 and len(X) == len(y) == len(g)):
-            raise ValueError(
-                f"compute_fn returned X {X.shape}, y {y.shape}, g {g.shape}; expected [N, D], [N], [N]"
-            )
-        buffer = io.BytesIO()
-        np.savez(buffer, X=X, y=y, g=g)
-        atomic_write_bytes(path, buffer.getvalue())
-        origin = path.parent / "checkpoint.txt"  # which file the hash stands for, for people
-        if not origin.exists():
-            atomic_write_text(origin, f"{Path(checkpoint_path).resolve()}\n")
-        return X, y, g
-
-
-def _load_embeddings(path: Path) -> Embeddings:
-    try:
-        with np.load(path) as data:
-            return data["X"], data["y"], data["g"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(
-            f"embedding cache file {path} is unreadable ({err}); delete it to extract again"
-        ) from err
-
-
-def embedding_loader(
-    X: np.ndarray, y: np.ndarray, g: np.ndarray, batch_size: int = 4096
-) -> DataLoader:
-    """Batches ``(embedding, y, group_id)`` in order, for ``trainer.test(dfr_module, loader)``."""
-    dataset = TensorDataset(
-        torch.as_tensor(X, dtype=torch.float32),
-        torch.as_tensor(y).long(),
-        torch.as_tensor(g).long(),
-    )
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
 # --------------------------------------------------------------------------- paper recipe
@@ -207,8 +95,9 @@ def fit_dfr_paper(
         )
     if lr * l2 >= n:
         raise ValueError(
-            f"DFR paper recipe: lr * l2 = {lr * l2:g} >= N = {n} val samples, so each SGD step would "
-            f"overshoot the l2 term (factor 1 - lr*l2/N <= 0); lower dfr.lr or dfr.l2, or use more val samples"
+            f"DFR paper recipe: method.variant.lr * method.variant.l2 = {lr * l2:g} >= N = {n} val "
+            f"samples, so each SGD step would overshoot the l2 term (factor 1 - lr*l2/N <= 0); "
+            f"lower method.variant.lr or method.variant.l2, or use more val samples"
         )
     scaler = StandardScaler()
     x = torch.as_tensor(scaler.fit_transform(X_val), dtype=torch.float32)
@@ -224,7 +113,9 @@ def fit_dfr_paper(
         optimizer.step()
         schedule.step()
     if not all(torch.isfinite(p).all() for p in linear.parameters()):
-        raise FloatingPointError("DFR paper recipe diverged (non-finite weights); lower dfr.lr")
+        raise FloatingPointError(
+            "DFR paper recipe diverged (non-finite weights); lower method.variant.lr"
+        )
     return scaler, linear.requires_grad_(False)
 
 
@@ -371,13 +262,11 @@ def predict_linear(
 class DFRModule(GroupEvalModule):
     """The retrained last layer on standardised embeddings: ``linear((x - mean) / scale)``.
 
-    Built by :meth:`from_paper` / :meth:`from_official` (or :meth:`fit`); evaluated with
+    Built by :meth:`from_paper` / :meth:`from_official` (a recipe's ``fit``); evaluated with
     ``trainer.test(module, embedding_loader(X, y, g))``, which logs ``test/...`` group metrics
     and fills ``last_metrics["test"]``. The scaler statistics are buffers, so a checkpoint
     holds the whole classifier.
     """
-
-    METHOD = "dfr"
 
     def __init__(
         self,
@@ -387,15 +276,12 @@ class DFRModule(GroupEvalModule):
         variant: str = "paper",
         chosen_C: float | None = None,
         checkpoint: str | None = None,
+        method: str = "dfr",
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"dfr variant must be one of {VARIANTS}, got {variant!r}")
         groups = as_groups(groups)
         self.save_hyperparameters(ignore=["groups"])
-        self.save_hyperparameters(
-            {**self.hparams, "groups": group_sizes(groups), "method": self.METHOD}
-        )
+        self.save_hyperparameters({**self.hparams, "groups": group_sizes(groups)})
         # the scaler's statistics; set by from_paper / from_official, restored from checkpoints
         self.register_buffer("feature_mean", torch.zeros(num_features))
         self.register_buffer("feature_scale", torch.ones(num_features))
@@ -441,35 +327,132 @@ class DFRModule(GroupEvalModule):
             module.linear.bias.copy_(torch.as_tensor(intercept))
         return module
 
-    @classmethod
-    def fit(
-        cls,
-        variant: str,
-        X_val: np.ndarray,
-        y_val: np.ndarray,
-        g_val: np.ndarray,
-        *,
-        num_classes: int,
-        groups=None,
-        seed: int = 0,
-        checkpoint: str | None = None,
-        **options: Any,
-    ) -> DFRModule:
-        """Run one recipe on the val embeddings; ``options`` go to its fit function
-        (paper: epochs, lr, l2; official: n_subsets, c_grid, scaler_X)."""
-        if variant == "paper":
-            scaler, linear = fit_dfr_paper(
-                X_val, y_val, num_classes=num_classes, seed=seed, **options
-            )
-            return cls.from_paper(scaler, linear, groups, checkpoint=checkpoint)
-        if variant == "official":
-            scaler, coef, intercept, C = fit_dfr_official(
-                X_val, y_val, g_val, seed=seed, num_classes=num_classes, **options
-            )
-            return cls.from_official(
-                scaler, coef, intercept, groups, chosen_C=C, checkpoint=checkpoint
-            )
-        raise ValueError(f"dfr variant must be one of {VARIANTS}, got {variant!r}")
-
     def configure_optimizers(self) -> None:
         return None  # fitted by fit_dfr_paper / fit_dfr_official, only evaluated by the Trainer
+
+
+# --------------------------------------------------------------------------- recipes
+class PaperRecipe:
+    """The paper's recipe (``method/variant=paper``): :func:`fit_dfr_paper` on the val embeddings."""
+
+    name = "paper"
+    splits = ("val", "test")
+
+    def __init__(self, epochs: int = 1000, lr: float = 1.0, l2: float = 100.0) -> None:
+        if int(epochs) < 1 or float(lr) <= 0 or float(l2) < 0:
+            raise ValueError(
+                f"method.variant (paper): epochs={epochs}, lr={lr}, l2={l2}; need epochs >= 1, "
+                f"lr > 0 and l2 >= 0"
+            )
+        self.options = {"epochs": int(epochs), "lr": float(lr), "l2": float(l2)}
+
+    def fit(self, embeddings: dict[str, Embeddings], *, num_classes: int, groups: Any,
+            seed: int, checkpoint: str, method: str) -> DFRModule:  # fmt: skip
+        X, y, _ = embeddings["val"]
+        scaler, linear = fit_dfr_paper(X, y, num_classes=num_classes, seed=seed, **self.options)
+        return DFRModule.from_paper(scaler, linear, groups, checkpoint=checkpoint, method=method)
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+class OfficialRecipe:
+    """The public DFR(val) recipe (``method/variant=official``): :func:`fit_dfr_official`."""
+
+    name = "official"
+    SCALER_ON = ("val", "train")
+
+    def __init__(self, n_subsets: int = 10, c_grid: Sequence[float] = OFFICIAL_C_GRID,
+                 scaler_on: str = "val") -> None:  # fmt: skip
+        if int(n_subsets) < 1 or not list(c_grid) or scaler_on not in self.SCALER_ON:
+            raise ValueError(
+                f"method.variant (official): n_subsets={n_subsets}, c_grid={list(c_grid)}, "
+                f"scaler_on={scaler_on}; need n_subsets >= 1, a non-empty c_grid and scaler_on "
+                f"one of {self.SCALER_ON}"
+            )
+        self.n_subsets, self.c_grid, self.scaler_on = int(n_subsets), list(c_grid), scaler_on
+        self.splits = ("val", "test", "train") if scaler_on == "train" else ("val", "test")
+
+    def fit(self, embeddings: dict[str, Embeddings], *, num_classes: int, groups: Any,
+            seed: int, checkpoint: str, method: str) -> DFRModule:  # fmt: skip
+        X, y, g = embeddings["val"]
+        scaler_X = embeddings["train"][0] if "train" in embeddings else None
+        scaler, coef, intercept, C = fit_dfr_official(
+            X, y, g, n_subsets=self.n_subsets, c_grid=self.c_grid, seed=seed,
+            num_classes=num_classes, scaler_X=scaler_X,
+        )  # fmt: skip
+        return DFRModule.from_official(
+            scaler, coef, intercept, groups, chosen_C=C, checkpoint=checkpoint, method=method
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {"n_subsets": self.n_subsets, "c_grid": self.c_grid}
+
+
+# --------------------------------------------------------------------------- the method
+class DFR(Method):
+    """DFR (``method=dfr``): the last layer of the frozen stage-1 model refit on val embeddings.
+
+    Keys: ``name``, ``variant`` (a recipe node), ``cache_dir``, ``erm`` (stage 1: an ERM method
+    node), ``erm_checkpoint``.
+    """
+
+    def __init__(self, cfg: DictConfig, key: str = "method") -> None:
+        super().__init__(cfg, key)
+        self.recipe = instantiate(cfg.variant)  # validated here, once
+
+    @property
+    def selects_on_val(self) -> bool:
+        return False  # the last layer is fit on val: its val accuracy is no selection signal
+
+    def check(self, cfg: DictConfig) -> None:
+        check_stage1(self.cfg, cfg)
+
+    def run(self, job: Any) -> dict[str, Any]:
+        cfg, dm = job.cfg, job.datamodule
+        stage1, stage1_record = job.erm_stage1(self.cfg)
+        cache, key = EmbeddingCache(self.cfg.cache_dir), data_key(cfg)
+        loaders = {
+            "train": dm.train_eval_dataloader,
+            "val": dm.val_dataloader,
+            "test": dm.test_dataloader,
+        }
+        network: list[torch.nn.Module] = []  # built on the first cache miss only
+
+        def compute(split: str) -> Embeddings:
+            if not network:
+                network.append(job.stage1_network(stage1))
+            log.info("DFR: extracting %s embeddings of %s", split, stage1)
+            return extract_embeddings(network[0], loaders[split](), job.eval_device())
+
+        embeddings, cache_files = {}, {}
+        for split in self.recipe.splits:
+            path = cache.path(stage1, split, key)
+            hit = path.is_file()
+            embeddings[split] = cache.get_or_compute(stage1, split, key, lambda s=split: compute(s))
+            cache_files[split] = {"path": str(path), "hit": hit}
+            log.info(
+                "DFR: %s embeddings %s %s", split, "read from the cache" if hit else "cached at", path
+            )
+        module = self.recipe.fit(embeddings, num_classes=job.num_classes, groups=job.groups,
+                                 seed=int(cfg.seed), checkpoint=str(stage1), method=self.name)  # fmt: skip
+        trainer = job.make_trainer(job.out, job.loggers, checkpointing=False)
+        trainer.validate(module, dataloaders=embedding_loader(*embeddings["val"]), verbose=False)
+        trainer.test(module, dataloaders=embedding_loader(*embeddings["test"]), verbose=False)
+        head = job.checkpoints / "dfr.ckpt"
+        trainer.save_checkpoint(head)
+        return {
+            "epochs": None,  # no network is trained here (stage 1's epochs are under stage1)
+            "global_step": None,
+            "val": dict(module.last_metrics["val"]),  # on the val samples the layer was fit on
+            "test": dict(module.last_metrics["test"]),
+            "checkpoints": job.checkpoint_paths(dfr=head, stage1=stage1),
+            "stage1": stage1_record,
+            "dfr": {
+                "variant": self.recipe.name,
+                "chosen_C": module.hparams.get("chosen_C"),
+                "data_key": key,
+                "embeddings": cache_files,
+                **self.recipe.record(),
+            },
+        }
