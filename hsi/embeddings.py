@@ -144,13 +144,20 @@ def embedding_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-
 # Data-module keys that change how data is served, not what the samples are: left out of the
 # embedding cache's data key, so a sweep over them reuses the embeddings.
 # (`sampling` is replaced by whether the train split is cut to the Easy groups: sampling=easy
 # serves other train samples, balanced only draws the same ones differently.)
-_SERVING_KEYS = ("batch_size", "eval_batch_size", "num_workers", "sampling", "augment", "seed",
-                 "pin_memory", "persistent_workers")  # fmt: skip
+_SERVING_KEYS = (
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "sampling",
+    "augment",
+    "seed",
+    "pin_memory",
+    "persistent_workers",
+)
 _RUNTIME_KEYS = ("shard", "num_shards", "workers", "progress")
 
 

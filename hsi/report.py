@@ -30,13 +30,29 @@ def _percent(value: Any) -> float:
     return float("nan") if value is None else 100.0 * float(value)
 
 
+def check_complete(results: Mapping[str, Any], include_incomplete: bool = False) -> None:
+    """Refuse a run whose ``status`` is not ``complete`` (e.g. ``diverged``) unless asked."""
+    status = results.get("status")
+    if status != "complete" and not include_incomplete:
+        raise ValueError(
+            f"run {results.get('run_dir', '?')} has status {status!r}, not 'complete': its "
+            f"numbers are no result ({results.get('error', 'see its folder')}); leave it out, "
+            f"or pass include_incomplete=True"
+        )
+
+
 def category_tables(
-    runs: Iterable[Mapping[str, Any]], split: str = "test", label: str = "method"
+    runs: Iterable[Mapping[str, Any]],
+    split: str = "test",
+    label: str = "method",
+    include_incomplete: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mean, std) tables: one row per ``label`` value, columns Easy/Medium/Hard/Average/Worst-group
-    and ``seeds``; rows keep the order in which each label first appears."""
+    and ``seeds``; rows keep the order in which each label first appears. A run whose status
+    is not ``complete`` is refused unless ``include_incomplete``."""
     rows, seen = [], set()
     for results in runs:
+        check_complete(results, include_incomplete)
         key = (results[label], results.get("seed"))
         if key in seen:
             raise ValueError(
@@ -58,8 +74,11 @@ def category_tables(
     return mean, std
 
 
-def group_table(results: Mapping[str, Any], split: str = "test") -> pd.DataFrame:
+def group_table(
+    results: Mapping[str, Any], split: str = "test", include_incomplete: bool = False
+) -> pd.DataFrame:
     """The 12 group accuracies of one run: rows = object sizes (ascending), columns CeO CoO CeR CoR."""
+    check_complete(results, include_incomplete)
     cells: dict[int, dict[str, float]] = {}
     for key, value in results[split].items():
         match = _GROUP_KEY.match(key)

@@ -185,7 +185,7 @@ def test_erm_checkpoint_holds_the_network_under_model_prefix(tmp_path):
     path = tmp_path / "erm.ckpt"
     t.save_checkpoint(path)
 
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["state_dict"] and all(k.startswith("model.") for k in raw["state_dict"])
     hp = raw["hyper_parameters"]
     assert (hp["method"], hp["model_name"], hp["num_classes"], hp["groups"]) == (
@@ -226,7 +226,7 @@ def test_upsample_multiplicity_is_exact():
         ([1, 1], 50, "distinct"),
         ([1], 0, "lambda_up"),
         ([1], 2.5, "lambda_up"),
-    ],  # fmt: skip
+    ],
 )
 def test_upsample_rejects_bad_input(errors, lambda_up, message):
     with pytest.raises(ValueError, match=message):
@@ -493,7 +493,7 @@ def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     assert module.hparams["variant"] == "official" and module.hparams["chosen_C"] in (1.0, 0.1)
     paper = PaperRecipe(epochs=5, lr=1.0, l2=1.0)
     module = paper.fit(embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt",
-                       method="dfr")  # fmt: skip
+                       method="dfr")
     assert module.hparams["variant"] == "paper" and paper.record() == {"epochs": 5, "lr": 1.0, "l2": 1.0}
     with pytest.raises(ValueError, match="method.variant.*scaler_on"):
         OfficialRecipe(scaler_on="test")
@@ -501,4 +501,4 @@ def test_dfr_recipes_are_validated_once_and_fit_their_variant():
         PaperRecipe(lr=0)
     with pytest.raises(ValueError, match="method.variant.lr or method.variant.l2"):
         PaperRecipe(lr=1.0, l2=1e6).fit(embeddings, num_classes=3, groups=SIZES, seed=0,
-                                         checkpoint="erm.ckpt", method="dfr")  # fmt: skip
+                                         checkpoint="erm.ckpt", method="dfr")

@@ -11,7 +11,7 @@ def run(method: str, easy: float, medium: float, hard: float, acc: float, worst:
         seed: int = 0) -> dict:  # fmt: skip
     metrics = {"acc_easy": easy, "acc_medium": medium, "acc_hard": hard, "acc": acc,
                "worst_group_acc": worst}  # fmt: skip
-    return {"method": method, "seed": seed, "test": metrics, "val": {}}
+    return {"method": method, "seed": seed, "test": metrics, "val": {}, "status": "complete"}
 
 
 def test_category_tables_pool_seeds_into_mean_and_sample_std():
@@ -32,7 +32,7 @@ def test_group_table_is_sizes_by_placements_in_percent():
     test = {f"group/{p}_{s}": (i + 1) / 100 for i, (s, p) in
             enumerate((s, p) for s in (16, 24, 32) for p in ("CeO", "CoO", "CeR", "CoR"))}  # fmt: skip
     del test["group/CoR_16"]  # an empty group is absent from results.json
-    table = group_table({"test": {**test, "acc": 0.5}})
+    table = group_table({"test": {**test, "acc": 0.5}, "status": "complete"})
     assert list(table.index) == [16, 24, 32] and list(table.columns) == ["CeO", "CoO", "CeR", "CoR"]
     assert table.loc[24, "CeR"] == pytest.approx(7.0)  # the 7th group in size-major order
     assert math.isnan(table.loc[16, "CoR"])
@@ -42,10 +42,23 @@ def test_group_table_is_sizes_by_placements_in_percent():
 
 def test_group_table_without_groups_says_so():
     with pytest.raises(ValueError, match="no group accuracies"):
-        group_table({"test": {"acc": 0.9}})
+        group_table({"test": {"acc": 0.9}, "status": "complete"})
 
 
 def test_two_runs_of_one_seed_are_not_pooled_as_seeds():
     runs = [run("dfr", 0.6, 0.5, 0.4, 0.5, 0.1), run("dfr", 0.8, 0.5, 0.4, 0.5, 0.1)]
     with pytest.raises(ValueError, match="two runs of method='dfr' with seed 0"):
         category_tables(runs)
+
+
+@pytest.mark.parametrize("status", ["diverged", None])
+def test_runs_that_did_not_complete_are_refused_unless_asked(status):
+    failed = {**run("erm", 0.1, 0.1, 0.1, 0.1, 0.0, seed=1), "status": status,
+              "run_dir": "runs/erm-lr1e6", "error": "training diverged"}
+    runs = [run("erm", 0.7, 0.6, 0.5, 0.6, 0.1), failed]
+    with pytest.raises(ValueError, match="run runs/erm-lr1e6 has status .* not 'complete'"):
+        category_tables(runs)
+    with pytest.raises(ValueError, match="include_incomplete=True"):
+        group_table(failed)
+    mean, _ = category_tables(runs, include_incomplete=True)
+    assert mean.loc["erm", "seeds"] == 2 and mean.loc["erm", "Easy"] == pytest.approx(40.0)

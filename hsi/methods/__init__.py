@@ -1,4 +1,4 @@
-"""Group-robustness methods of paper 000, §5: ERM (ERM_easy / ERM_all by sampling), JTT and DFR.
+"""Group-robustness methods of paper 000, §5.2–5.3: ERM (ERM_easy / ERM_all by sampling), JTT and DFR.
 
 Each method is a :class:`~hsi.methods.base.Method` chosen by ``method._target_`` that runs its
 algorithm on a training job, with a LightningModule that logs the group metrics of

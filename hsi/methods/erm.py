@@ -1,4 +1,4 @@
-"""ERM (and ERM_easy / ERM_all, which differ only in the data module's sampling): paper 000, §5.
+"""ERM (and ERM_easy / ERM_all, which differ only in the data module's sampling): paper 000, §5.2–5.3.
 
 Fine-tune a classifier with cross-entropy. The optimizer and the learning-rate schedule are
 ``_partial_`` config nodes (``method.optimizer``, ``method.lr_scheduler``); the paper's recipe is
@@ -30,7 +30,7 @@ from hsi.methods.base import (
     split_batch,
 )
 
-# The paper's fine-tuning recipe (paper 000, §5): what a module built without a config uses.
+# The paper's fine-tuning recipe (paper 000, §5.2–5.3): what a module built without a config uses.
 PAPER_OPTIMIZER = {
     "_target_": "torch.optim.SGD",
     "_partial_": True,
@@ -66,7 +66,7 @@ def describe_model(
 
 
 class ERMModule(GroupEvalModule):
-    """Empirical risk minimisation with a configured optimizer (paper 000, §5).
+    """Empirical risk minimisation with a configured optimizer (paper 000, §5.2–5.3).
 
     Give either ``model_factory`` (e.g. ``hydra.utils.instantiate(cfg.model)``, called as
     ``model_factory(num_classes=...)``) with ``num_classes``, or a built ``model``. ``groups``:
@@ -105,16 +105,18 @@ class ERMModule(GroupEvalModule):
         # What rebuilds the module from a checkpoint and reads well in hparams.yaml: sizes
         # instead of Group objects, the architecture instead of the factory, plain dicts
         # instead of config objects (a checkpoint then loads with torch.load(weights_only=True)).
-        self.save_hyperparameters({
-            **self.hparams,
-            "num_classes": int(getattr(self.model, "num_classes", num_classes)),
-            "groups": group_sizes(groups),
-            "model_name": name,
-            "model_kwargs": kwargs,
-            "optimizer": optimizer,
-            "lr_scheduler": lr_scheduler,
-            "method": str(method),
-        })  # fmt: skip
+        self.save_hyperparameters(
+            {
+                **self.hparams,
+                "num_classes": int(getattr(self.model, "num_classes", num_classes)),
+                "groups": group_sizes(groups),
+                "model_name": name,
+                "model_kwargs": kwargs,
+                "optimizer": optimizer,
+                "lr_scheduler": lr_scheduler,
+                "method": str(method),
+            }
+        )
         self.init_group_metrics(groups)
 
     @staticmethod
@@ -209,7 +211,9 @@ class ERM(Method):
 
     def run(self, job: Any) -> dict[str, Any]:
         module = self.build_module(job)
-        outcome = job.fit(module, job.out, job.loggers, None, job.cfg.ckpt_path, job.main_callbacks())
+        outcome = job.fit(
+            module, job.out, job.loggers, None, job.cfg.ckpt_path, job.main_callbacks()
+        )
         results = {
             "epochs": outcome.epochs,
             "global_step": outcome.global_step,

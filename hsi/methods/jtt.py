@@ -1,4 +1,4 @@
-"""Just Train Twice (JTT): paper 000, §5 (and paper 004 for the method).
+"""Just Train Twice (JTT): paper 000, §5.2–5.3.
 
 Stage 1 is an ERM model at epoch T (``method.erm``: the ERM method's settings, composed from
 conf/method/erm.yaml; or ``method.erm_checkpoint``). Its error set is the train samples it misclassifies
@@ -53,13 +53,15 @@ def compute_error_set(
             group_ids.append(torch.zeros_like(y) if g is None else g.cpu())
     label = torch.cat(labels).numpy().astype(np.int64)
     pred = torch.cat(preds).numpy().astype(np.int64)
-    return pd.DataFrame({
-        "index": np.arange(len(label), dtype=np.int64),
-        "label": label,
-        "pred": pred,
-        "group_id": torch.cat(group_ids).numpy().astype(np.int64),
-        "error": pred != label,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(label), dtype=np.int64),
+            "label": label,
+            "pred": pred,
+            "group_id": torch.cat(group_ids).numpy().astype(np.int64),
+            "error": pred != label,
+        }
+    )
 
 
 def error_set_report(
@@ -223,7 +225,9 @@ class JTT(Method):
             report["recall"],
         )
 
-        L.seed_everything(int(cfg.seed), workers=True)  # stage 2 starts from stage 1's initial weights
+        L.seed_everything(
+            int(cfg.seed), workers=True
+        )  # stage 2 starts from stage 1's initial weights
         module = self.stage2.build_module(
             job, stage1_checkpoint=str(stage1), lambda_up=self.lambda_up, error_set=report
         )

@@ -18,7 +18,11 @@ launched with ``ckpt_path=last``, continues there.
 A model checkpoint given as a run folder (``model.checkpoint=<run>``, e.g. a source
 pretraining) means its ``checkpoints/best.ckpt``, else ``last.ckpt``; an ERM run folder given to
 JTT or DFR (``method.erm_checkpoint=<run>``) means its ``last.ckpt`` (the model after that
-run's epochs, T), else ``best.ckpt``.
+run's epochs, T), or its ``best.ckpt`` with ``selection=best``.
+
+Safety: every checkpoint and weight file loads with ``weights_only=True``; the run folder is
+locked (``<out>/.lock``) for the job's lifetime; a non-finite loss stops the fit and leaves
+``status: diverged`` in results.json.
 """
 
 from __future__ import annotations
@@ -43,14 +47,16 @@ from hsi.loggers import (
     make_loggers,
 )
 from hsi.methods.base import Method
+from hsi.models import checkpoint_record
 from hsi.results import flat_metrics, write_results
 from hsi.train.checks import (
+    RunLock,
+    check_inputs,
     check_run_folder,
-    check_weights,
     requeue_ckpt_path,
     resolve_checkpoint,
 )
-from hsi.train.job import Job, make_datamodule
+from hsi.train.job import SELECTIONS, Job, TrainingDiverged, make_datamodule
 
 __all__ = [
     "check_run_folder",
@@ -73,11 +79,21 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
     ``callbacks`` are added to the main fit's Trainer (tests use them to interrupt a fit).
     """
     started = time.time()
+    # Everything cheap is checked before any data is read or built (each error names its key).
     method = make_method(cfg)
+    if cfg.get("selection", "final") not in SELECTIONS:
+        raise ValueError(f"selection={cfg.selection}: must be one of {SELECTIONS}")
     out = Path(str(cfg.out)).resolve()
     cfg.ckpt_path = requeue_ckpt_path(cfg.ckpt_path)
-    check_run_folder(out, cfg.ckpt_path)
-    check_weights(cfg.model)
+    check_inputs(cfg)
+    with RunLock(out):
+        check_run_folder(out, cfg.ckpt_path)
+        return _train_locked(cfg, method, out, callbacks, started)
+
+
+def _train_locked(
+    cfg: DictConfig, method: Method, out: Path, callbacks: Sequence[Callback], started: float
+) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     loggers = make_loggers(cfg)
     failed = True
@@ -87,7 +103,16 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
         datamodule.prepare_data()
         datamodule.setup("fit")
         job = Job(cfg, out, datamodule, loggers, list(callbacks))
-        results = method.run(job)
+        job.warn_coarse_selection()
+        try:
+            results = method.run(job)
+        except TrainingDiverged as err:
+            # a failed fit is recorded as such, never as a result a report would tabulate
+            write_results(
+                out,
+                {**common_results(job, method, started), "status": "diverged", "error": str(err)},
+            )
+            raise
         results.update(common_results(job, method, started))
         write_results(out, results)
         for split in ("val", "test"):
@@ -149,8 +174,25 @@ def _overrides() -> list[str]:
 
 def common_results(job: Job, method: Method, started: float) -> dict[str, Any]:
     cfg = job.cfg
+    dropped = getattr(job.datamodule, "dropped", None)
+    model_checkpoint = None
+    if cfg.model.get("checkpoint"):
+        path = resolve_checkpoint(
+            cfg.model.checkpoint, "model.checkpoint", ("best.ckpt", "last.ckpt")
+        )
+        model_checkpoint = checkpoint_record(path, "model.checkpoint")
     return {
         "status": "complete",
+        # samples left out because their assets failed (the data module warns about them)
+        "dropped_samples": {
+            "total": 0 if dropped is None else len(dropped),
+            **(
+                {}
+                if dropped is None or "split" not in dropped
+                else {str(k): int(v) for k, v in dropped["split"].value_counts().items()}
+            ),
+        },
+        "model_checkpoint": model_checkpoint,
         "method": method.name,
         "selects_on_val": method.selects_on_val,
         "model": str(cfg.model.name),
