@@ -237,9 +237,7 @@ def test_the_slurm_launcher_composes_with_the_submitit_keys():
         ["hydra/launcher=slurm", "hydra.launcher.partition=debug"], hydra_node=True
     )
     launcher = cfg.hydra.launcher
-    assert (
-        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    )
+    assert launcher._target_ == "hsi.launcher.SlurmLauncher"  # submitit's, sbatch errors in one line
     for key in ("timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb", "nodes", "partition", "qos",
                 "account", "array_parallelism", "max_num_timeout", "setup", "additional_parameters"):  # fmt: skip
         assert key in launcher, key
@@ -256,6 +254,31 @@ def test_the_slurm_launcher_composes_with_the_submitit_keys():
 def test_the_slurm_launcher_requests_a_gpu_only_when_asked(overrides, gpus):
     cfg = compose_filled(["hydra/launcher=slurm", *overrides], hydra_node=True)
     assert cfg.hydra.launcher.gpus_per_node == gpus  # None: no --gpus-per-node in the sbatch script
+
+
+def test_an_sbatch_refusal_is_one_line_naming_the_launcher_key(monkeypatch, capsys):
+    import subprocess as sp
+
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+    from submitit.core.utils import FailedJobError
+
+    from hsi.launcher import SlurmLauncher
+
+    stderr = "sbatch: error: Invalid generic resource (gres) specification"
+
+    def refuse(self, job_overrides, initial_job_idx):
+        try:
+            raise sp.CalledProcessError(1, ["sbatch", "/x/submission.sh"], stderr=stderr)
+        except sp.CalledProcessError as cause:
+            raise FailedJobError(stderr) from cause
+
+    monkeypatch.setattr(BaseSubmititLauncher, "launch", refuse)
+    launcher = SlurmLauncher.__new__(SlurmLauncher)
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.launch([["seed=0"]], 0)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "Invalid generic resource" in line and "hydra.launcher.gpus_per_node" in line
 
 
 def test_the_sacct_warning_is_shown_once_per_sweep():
