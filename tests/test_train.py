@@ -910,7 +910,9 @@ def test_unreadable_checkpoints_are_named_and_nothing_is_overwritten(tmp_path, w
     assert not (run / "results.json").exists()
 
 
-def test_out_must_be_a_writable_folder(tmp_path):
+def test_out_must_be_a_writable_folder(tmp_path, monkeypatch):
+    import hsi.train.checks
+
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     with pytest.raises(NotADirectoryError, match=f"out={afile}: is a file"):
@@ -918,13 +920,20 @@ def test_out_must_be_a_writable_folder(tmp_path):
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     readonly.chmod(0o500)
-    try:
-        if os.access(readonly, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
-        with pytest.raises(PermissionError, match="out=.*readonly/run: cannot create the run folder"):
-            run_inprocess([*hsi_data(tmp_path), *FAST], readonly / "run")
-    finally:
-        readonly.chmod(0o700)
+    if os.access(readonly, os.W_OK):  # root writes anywhere: deny as a read-only mount would
+        real_access = os.access
+        monkeypatch.setattr(
+            hsi.train.checks.os,
+            "access",
+            lambda path, mode: False if Path(path) == readonly else real_access(path, mode),
+        )
+        message = f"out={readonly}: the run folder is not writable"
+        out = readonly
+    else:
+        message, out = "out=.*readonly/run: cannot create the run folder", readonly / "run"
+    with pytest.raises(PermissionError, match=message):
+        run_inprocess([*hsi_data(tmp_path), *FAST], out)
+    readonly.chmod(0o700)
     assert afile.read_text() == "not a folder" and not (tmp_path / "hsi_data").exists()
 
 
