@@ -59,7 +59,11 @@ def plain_fit(model: torch.nn.Module, loader: DataLoader, epochs: int) -> float:
 
 
 def lightning_fit(model: torch.nn.Module, loader: DataLoader, epochs: int) -> float:
-    module = ERMModule(model=model, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    module = ERMModule(
+        model=model,
+        optimizer={"_target_": "torch.optim.SGD", "lr": LR, "momentum": MOMENTUM,
+                   "weight_decay": WEIGHT_DECAY},
+    )
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",

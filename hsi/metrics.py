@@ -1,4 +1,4 @@
-"""Per-group accuracy on Hard-Spurious-ImageNet (SPEC §8).
+"""Per-group accuracy on Hard-Spurious-ImageNet (paper 000, §4).
 
 Four distinct quantities, never to be confused:
 
@@ -7,7 +7,7 @@ Four distinct quantities, never to be confused:
   the groups that hold at least one sample;
 - **mean-group accuracy** (``mean_group_acc``): the unweighted mean of those per-group accuracies;
 - **category accuracy** (``acc_easy`` / ``acc_medium`` / ``acc_hard``) and **size accuracy**
-  (``acc_size_{s}``): pooled over the samples of the groups in the category (SPEC §4) or of the
+  (``acc_size_{s}``): pooled over the samples of the groups in the category (paper 000, §4) or of the
   four groups of object size ``s``.
 
 Per-group accuracies are reported as ``group/{name}`` (e.g. ``group/CeO_56``). Groups, categories

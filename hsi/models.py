@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -31,6 +34,47 @@ CHECKPOINT_PREFIX = "model."  # the training modules hold the timm network as `s
 
 class WeightsUnavailableError(FileNotFoundError):
     """Pretrained weights were asked for but are not on this machine."""
+
+
+class UnloadableFileError(ValueError):
+    """A checkpoint or weight file that cannot be loaded safely (or at all)."""
+
+
+def load_torch_file(path: str | os.PathLike, key: str, mmap: bool = False) -> object:
+    """``torch.load`` of a user-given file with ``weights_only=True``: loading runs no code.
+
+    Tensors, plain containers and numbers load; anything else (a pickled object whose
+    ``__reduce__`` would run code, garbage bytes, a truncated file) raises
+    :class:`UnloadableFileError` naming ``key`` and the file, before anything of it runs.
+    hsi's own checkpoints hold nothing else (hyper-parameters are plain dicts).
+    """
+    path = _existing(path, key)
+    try:
+        return torch.load(
+            path,
+            map_location="cpu",
+            weights_only=True,
+            mmap=mmap and zipfile.is_zipfile(path),
+        )
+    except Exception as err:  # noqa: BLE001 - every failure becomes one message naming the file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnloadableFileError(
+            f"{key}={path}: cannot be loaded as weights only ({type(err).__name__}: {reason[:200]}); "
+            f"it is not a checkpoint written by hsi-train or a tensor state dict, or it is "
+            f"truncated. Nothing in it was run. Point {key} at another file"
+        ) from None
+
+
+def checkpoint_record(path: str | os.PathLike, key: str = "checkpoint") -> dict:
+    """``{checkpoint, epoch, global_step}`` of a Lightning checkpoint (epoch counted from 0)."""
+    raw = load_torch_file(path, key, mmap=True)
+    raw = raw if isinstance(raw, dict) else {}
+    epoch, step = raw.get("epoch"), raw.get("global_step")
+    return {
+        "checkpoint": str(Path(path).resolve()),
+        "epoch": int(epoch) if epoch is not None else None,
+        "global_step": int(step) if step is not None else None,
+    }
 
 
 def create_model(
@@ -144,19 +188,25 @@ def cached_weights(name: str) -> Path:
 
 
 def _file_num_classes(path: Path, name: str) -> int | None:
-    """Rows of the classifier weight in a timm weight file, or None when it cannot be told."""
+    """Rows of the classifier weight in a timm weight file, or None when it cannot be told.
+
+    A ``.pth`` file is loaded here with weights only, before timm reads it.
+    """
+    if path.suffix == ".safetensors":
+        state = None
+    else:
+        # mmap (zip-format files only): the tensors are not read, so even a large file costs little
+        state = load_torch_file(path, "model.weights", mmap=True)
     cfg = get_pretrained_cfg(name)
     classifiers = cfg.classifier if cfg is not None else None
     if not classifiers:
         return None
     key = (classifiers if isinstance(classifiers, str) else classifiers[0]) + ".weight"
-    if path.suffix == ".safetensors":
+    if state is None:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             return f.get_slice(key).get_shape()[0] if key in f.keys() else None
-    # mmap (zip-format files only): the tensors are not read, so even a large file costs little
-    state = torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
     # the same wrappers timm's load_state_dict unpacks, in its order
     for wrapper in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -205,9 +255,7 @@ def load_checkpoint(
 ) -> nn.Module:
     """Load an hsi checkpoint into ``model`` in place; re-initialise the head on a class mismatch."""
     path = _existing(path, "model.checkpoint")
-    # Lightning checkpoints carry hyper-parameters (OmegaConf containers) that the restricted
-    # unpickler rejects; these files are this project's own run outputs.
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = load_torch_file(path, "model.checkpoint")
     if not isinstance(raw, dict):
         raise ValueError(f"model.checkpoint={path}: expected a dict, got {type(raw).__name__}")
     state = _network_state(raw, model, path)
@@ -239,6 +287,39 @@ def load_checkpoint(
     else:
         log.info("checkpoint %s: backbone and %d-class head loaded", path, num_classes)
     return model
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(x, y, group_id)``, ``(x, y)`` or ``x`` -> ``(x, y or None, group_id or None)``."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None, None
+    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        x, y, *rest = batch
+        return x, y, (rest[0] if rest else None)
+    raise ValueError(
+        f"expected a batch (x, y, group_id), (x, y) or a tensor x; got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
+    )
+
+
+@contextmanager
+def evaluating(model: nn.Module, device: str | torch.device = "cpu") -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode on ``device`` without gradients; restore mode and device after.
+
+    Dropout off and batch-norm on running statistics: what JTT's error set and DFR's embeddings
+    must see. The caller's model comes back exactly as it was handed over.
+    """
+    was_training = model.training
+    param = next(model.parameters(), None)
+    old_device = param.device if param is not None else None
+    model.to(device).eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+        if old_device is not None:
+            model.to(old_device)
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

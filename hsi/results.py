@@ -2,11 +2,16 @@
 
 One JSON object per run:
 
-    status        "complete"
-    method, algorithm, model, data, seed, epochs, global_step, run_dir, overrides
-    val, test     metric dicts with hsi.metrics names without the split prefix
+    status        "complete", or "diverged" (with "error"; no metrics): reports refuse those
+    method, model, data, seed, epochs, global_step, run_dir, overrides
+    selection     "final" (default: the last epoch's model, as the paper) or "best" (by val)
+    val, test     metric dicts of the selected model, hsi.metrics names without the split prefix
                   (acc, worst_group_acc, mean_group_acc, acc_easy, acc_size_56, group/CeO_56, ...)
+    models        final and best: checkpoint, epoch, global_step, val, test (training runs)
     checkpoints   paths (best, last, stage1, dfr, ...)
+    stage1        JTT, DFR: the stage-1 checkpoint, its epoch and global step
+    model_checkpoint  model.checkpoint's file, epoch and global step (null without one)
+    dropped_samples   samples left out because their assets failed: total and per split
     error_set     JTT only: size, precision and recall against the Medium and Hard groups, ...
     dfr           DFR only: variant, chosen C, embedding cache files
     config        the resolved Hydra config of the job

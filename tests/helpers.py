@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -171,3 +172,10 @@ def check_results(
         check_metrics(results[split], groups)
     for path in results["checkpoints"].values():
         assert Path(path).is_file(), path
+    assert results["dropped_samples"]["total"] == 0  # no asset failed in these builds
+    for which, model in results.get("models", {}).items():  # every training run reports both
+        assert Path(model["checkpoint"]).name == {"final": "last.ckpt", "best": "best.ckpt"}[which]
+        raw = torch.load(model["checkpoint"], map_location="cpu", weights_only=True)
+        assert (model["epoch"], model["global_step"]) == (raw["epoch"], raw["global_step"])
+        for split in ("val", "test"):
+            check_metrics(model[split], groups)

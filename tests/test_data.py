@@ -252,7 +252,7 @@ def test_train_repeats_give_exact_multiplicities(built):
     dm.setup("fit")
     n = len(dm.dataset("train"))
     repeats = np.where(np.arange(n) % 7 == 0, 5, 1)
-    dm.set_train_repeats(repeats)
+    assert dm.upsample_train(repeats) == int(repeats.sum())
     sampler = dm.train_sampler(dm.dataset("train", train_transforms=True))
     drawn = sampler.indices(0)
     assert len(sampler) == len(drawn) == n + 4 * int((np.arange(n) % 7 == 0).sum())

@@ -19,25 +19,24 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from hsi.embeddings import EmbeddingCache, embedding_loader, extract_embeddings
 from hsi.groups import make_groups
 from hsi.methods import (
     DFRModule,
-    EmbeddingCache,
     ERMModule,
     JTTModule,
+    OfficialRecipe,
+    PaperRecipe,
     compute_error_set,
-    embedding_loader,
     error_set_report,
-    extract_embeddings,
     fit_dfr_official,
     fit_dfr_paper,
     official_splits,
     predict_linear,
-    upsample_indices,
     upsample_repeats,
-    upsampled_dataset,
     write_error_set,
 )
+from hsi.methods.erm import PAPER_OPTIMIZER
 from hsi.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +101,7 @@ def test_erm_fit_lowers_loss_and_logs_group_metrics(tmp_path):
     torch.manual_seed(0)
     x, y, g = separable(96, seed=1)
     xv, yv, gv = separable(48, seed=2)
-    module = ERMModule(model=TinyNet(), groups=GROUPS, lr=0.1)
+    module = ERMModule(model=TinyNet(), groups=GROUPS, optimizer={**PAPER_OPTIMIZER, "lr": 0.1})
 
     def train_loss():
         module.eval()
@@ -152,15 +151,21 @@ def test_erm_optimizer_is_the_papers_sgd():
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.9, 1e-3)
 
-    cosine = ERMModule(model=TinyNet(), lr_schedule="cosine", max_epochs=20).configure_optimizers()
+    # the optimizer and the schedule are _partial_ config nodes, as conf/method/erm.yaml gives
+    cosine = ERMModule(
+        model=TinyNet(),
+        optimizer=OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.5}),
+        lr_scheduler={"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "T_max": 20},
+    ).configure_optimizers()
     scheduler = cosine["lr_scheduler"]["scheduler"]
+    assert isinstance(cosine["optimizer"], torch.optim.Adam)
+    assert cosine["optimizer"].param_groups[0]["initial_lr"] == 0.5
     assert (
         isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max == 20
     )
-    with pytest.raises(ValueError, match="max_epochs"):
-        ERMModule(model=TinyNet(), lr_schedule="cosine").configure_optimizers()
-    with pytest.raises(ValueError, match="lr_schedule"):
-        ERMModule(model=TinyNet(), lr_schedule="step")
+    assert cosine["lr_scheduler"]["interval"] == "epoch"
+    with pytest.raises(ValueError, match="optimizer must be a config node with a _target_"):
+        ERMModule(model=TinyNet(), optimizer={"lr": 0.1})
     with pytest.raises(ValueError, match="num_classes"):
         ERMModule(model_factory=lambda num_classes: TinyNet(num_classes=num_classes))
 
@@ -180,7 +185,7 @@ def test_erm_checkpoint_holds_the_network_under_model_prefix(tmp_path):
     path = tmp_path / "erm.ckpt"
     t.save_checkpoint(path)
 
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["state_dict"] and all(k.startswith("model.") for k in raw["state_dict"])
     hp = raw["hyper_parameters"]
     assert (hp["method"], hp["model_name"], hp["num_classes"], hp["groups"]) == (
@@ -189,12 +194,14 @@ def test_erm_checkpoint_holds_the_network_under_model_prefix(tmp_path):
         3,
         [16, 24, 32],
     )
-    assert (hp["lr"], hp["momentum"], hp["weight_decay"], hp["lr_schedule"]) == (
+    optimizer = hp["optimizer"]
+    assert type(optimizer) is dict and hp["lr_scheduler"] is None  # plain, not config objects
+    assert (optimizer["_target_"], optimizer["lr"], optimizer["momentum"]) == (
+        "torch.optim.SGD",
         1e-3,
         0.9,
-        1e-3,
-        "constant",
     )
+    assert optimizer["weight_decay"] == 1e-3
 
     expected = module.model.state_dict()
     by_models = create_model("resnet10t", 3, checkpoint=str(path)).state_dict()
@@ -207,14 +214,8 @@ def test_erm_checkpoint_holds_the_network_under_model_prefix(tmp_path):
 
 # =========================================================================== JTT
 def test_upsample_multiplicity_is_exact():
-    indices = upsample_indices(10, [2, 5], lambda_up=50)
-    counts = np.bincount(indices, minlength=10)
-    assert counts.tolist() == [1, 1, 50, 1, 1, 50, 1, 1, 1, 1]
-    assert len(indices) == 8 + 100 and np.all(np.diff(indices) >= 0)
-    assert upsample_repeats(10, [5, 2], 50).tolist() == counts.tolist()
-    assert upsample_indices(10, [2, 5], lambda_up=1).tolist() == list(range(10))
-    subset = upsampled_dataset(TensorDataset(torch.arange(10) * 10), upsample_indices(4, [3], 3))
-    assert [int(subset[i][0]) for i in range(len(subset))] == [0, 10, 20, 30, 30, 30]
+    assert upsample_repeats(10, [5, 2], 50).tolist() == [1, 1, 50, 1, 1, 50, 1, 1, 1, 1]
+    assert upsample_repeats(10, [2, 5], lambda_up=1).tolist() == [1] * 10
 
 
 @pytest.mark.parametrize(
@@ -225,11 +226,11 @@ def test_upsample_multiplicity_is_exact():
         ([1, 1], 50, "distinct"),
         ([1], 0, "lambda_up"),
         ([1], 2.5, "lambda_up"),
-    ],  # fmt: skip
+    ],
 )
 def test_upsample_rejects_bad_input(errors, lambda_up, message):
     with pytest.raises(ValueError, match=message):
-        upsample_indices(10, errors, lambda_up)
+        upsample_repeats(10, errors, lambda_up)
 
 
 def test_error_set_report_counts_minority_by_hand(tmp_path):
@@ -290,9 +291,7 @@ def test_jtt_module_records_its_recipe():
         "runs/erm/epoch=3.ckpt",
         {"size": 7},
     )
-    assert (hp["lr"], hp["momentum"], hp["weight_decay"]) == (1e-3, 0.9, 1e-3)
-    with pytest.raises(ValueError, match="lambda_up"):
-        JTTModule(model=TinyNet(), lambda_up=0)
+    assert (hp["optimizer"]["lr"], hp["optimizer"]["weight_decay"]) == (1e-3, 1e-3)
 
 
 # =========================================================================== DFR: embeddings
@@ -454,7 +453,7 @@ def test_fit_dfr_paper_scaler_penalty_and_determinism():
 
     _, again = fit_dfr_paper(X, y, num_classes=3, seed=0)
     assert torch.equal(again.weight, linear.weight) and torch.equal(again.bias, linear.bias)
-    with pytest.raises(ValueError, match="lr \\* l2"):
+    with pytest.raises(ValueError, match="method.variant.lr \\* method.variant.l2 = "):
         fit_dfr_paper(X[:90], y[:90], num_classes=3)
 
 
@@ -486,11 +485,21 @@ def test_dfr_module_tests_on_embeddings_with_val_statistics(tmp_path):
     assert module.hparams["method"] == "dfr" and module.hparams["checkpoint"] == "erm.ckpt"
 
 
-def test_dfr_module_fit_dispatches_variants():
+def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     X, y, g = grouped_features(3)
-    module = DFRModule.fit(
-        "official", X, y, g, num_classes=3, groups=SIZES, c_grid=(1.0, 0.1), n_subsets=2
+    embeddings = {"val": (X, y, g)}
+    module = OfficialRecipe(n_subsets=2, c_grid=(1.0, 0.1)).fit(
+        embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
     )
     assert module.hparams["variant"] == "official" and module.hparams["chosen_C"] in (1.0, 0.1)
-    with pytest.raises(ValueError, match="variant"):
-        DFRModule.fit("sgd", X, y, g, num_classes=3)
+    paper = PaperRecipe(epochs=5, lr=1.0, l2=1.0)
+    module = paper.fit(embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt",
+                       method="dfr")
+    assert module.hparams["variant"] == "paper" and paper.record() == {"epochs": 5, "lr": 1.0, "l2": 1.0}
+    with pytest.raises(ValueError, match="method.variant.*scaler_on"):
+        OfficialRecipe(scaler_on="test")
+    with pytest.raises(ValueError, match="method.variant.*lr > 0"):
+        PaperRecipe(lr=0)
+    with pytest.raises(ValueError, match="method.variant.lr or method.variant.l2"):
+        PaperRecipe(lr=1.0, l2=1e6).fit(embeddings, num_classes=3, groups=SIZES, seed=0,
+                                         checkpoint="erm.ckpt", method="dfr")

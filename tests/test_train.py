@@ -10,7 +10,9 @@ sizes 8/12/16; per class 3 train samples per Easy group and 1 per Medium/Hard gr
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,8 @@ from helpers import (
     CONF,
     EASY_GROUPS,
     FAST,
+    HSI_TRAIN,
+    ROOT,
     SIZES,
     TEST,
     TRAIN_SAMPLES,
@@ -40,11 +44,12 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
+from hsi.embeddings import data_key
 from hsi.groups import PLACEMENTS, make_groups
 from hsi.loggers import group_table_rows
 from hsi.models import create_model
 from hsi.results import find_results, flat_metrics, read_results, write_results
-from hsi.train import check_run_folder, data_key, make_datamodule, resolve_checkpoint, train
+from hsi.train import check_run_folder, make_datamodule, make_method, resolve_checkpoint, train
 
 # Lightning notices srun on a machine with SLURM installed; these runs are not SLURM jobs.
 pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command is available")
@@ -87,6 +92,8 @@ GROUP_OPTIONS = [
     *[f"data={o}" for o in options("data")],
     *[f"model={o}" for o in options("model")],
     *[f"method={o}" for o in options("method")],
+    *[f"method=dfr method/variant={o}" for o in options("method/variant")],
+    *[f"callbacks={o}" for o in options("callbacks")],
     *[f"trainer={o}" for o in options("trainer")],
     *[f"logger={o}" for o in options("logger")],
     *[f"experiment={o}" for o in options("experiment")],
@@ -101,7 +108,9 @@ GROUP_OPTIONS = [
 
 @pytest.mark.parametrize("choice", GROUP_OPTIONS)
 def test_every_config_of_every_group_composes_resolves_and_builds(choice):
-    cfg = compose_filled([choice])
+    # method=pretrained refuses a model without weights before anything is built
+    weights = ["model.pretrained=true"] if choice == "method=pretrained" else []
+    cfg = compose_filled([*choice.split(), *weights])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert resolved["out"] == "/tmp/run" and resolved["seed"] == 0
     dm = make_datamodule(cfg)  # constructors check their arguments; no data is read
@@ -109,14 +118,18 @@ def test_every_config_of_every_group_composes_resolves_and_builds(choice):
     assert dm.batch_size == cfg.data.batch_size
     factory = instantiate(cfg.model)
     assert factory.func is create_model and factory.keywords["name"]
-    if cfg.method.algorithm != "evaluate":  # method=pretrained trains nothing
-        module = instantiate(cfg.method.module if "module" in cfg.method else cfg.method.erm_module)
-        assert module.func.__name__ in ("ERMModule", "JTTModule")
+    method = make_method(cfg)  # the method's class of method._target_, its config checked
+    assert method.name == cfg.method.name
+    for node in (cfg.method, cfg.method.get("erm")):  # a method's module and its stage 1's
+        if node is not None and "module" in node:
+            module = instantiate(node.module)
+            assert module.func.__name__ in ("ERMModule", "JTTModule")
+            assert instantiate(node.optimizer).func is torch.optim.SGD
     assert cfg.trainer.max_epochs == cfg.method.epochs or choice == "trainer=debug"
     if cfg.trainer.accelerator != "gpu":  # a gpu trainer cannot be built on this CPU machine
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
-    assert cfg.method.algorithm in ("erm", "jtt", "dfr", "evaluate")
+    assert type(method).__name__ in ("ERM", "JTT", "DFR", "Pretrained")
 
 
 def test_the_slurm_launcher_composes_with_the_submitit_keys():
@@ -124,9 +137,7 @@ def test_the_slurm_launcher_composes_with_the_submitit_keys():
         ["hydra/launcher=slurm", "hydra.launcher.partition=debug"], hydra_node=True
     )
     launcher = cfg.hydra.launcher
-    assert (
-        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    )
+    assert launcher._target_ == "hsi.launcher.SlurmLauncher"  # submitit's, sbatch errors in one line
     for key in ("timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb", "nodes", "partition", "qos",
                 "account", "array_parallelism", "max_num_timeout", "setup", "additional_parameters"):  # fmt: skip
         assert key in launcher, key
@@ -136,16 +147,82 @@ def test_the_slurm_launcher_composes_with_the_submitit_keys():
     assert built.params["partition"] == "debug"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "gpus"),
+    [([], None), (["experiment=paper_erm"], 1), (["hydra.launcher.gpus_per_node=2"], 2)],
+)
+def test_the_slurm_launcher_requests_a_gpu_only_when_asked(overrides, gpus):
+    cfg = compose_filled(["hydra/launcher=slurm", *overrides], hydra_node=True)
+    assert cfg.hydra.launcher.gpus_per_node == gpus  # None: no --gpus-per-node in the sbatch script
+
+
+def test_an_sbatch_refusal_is_one_line_naming_the_launcher_key(monkeypatch, capsys):
+    import subprocess as sp
+
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+    from submitit.core.utils import FailedJobError
+
+    from hsi.launcher import SlurmLauncher
+
+    stderr = "sbatch: error: Invalid generic resource (gres) specification"
+
+    def refuse(self, job_overrides, initial_job_idx):
+        try:
+            raise sp.CalledProcessError(1, ["sbatch", "/x/submission.sh"], stderr=stderr)
+        except sp.CalledProcessError as cause:
+            raise FailedJobError(stderr) from cause
+
+    monkeypatch.setattr(BaseSubmititLauncher, "launch", refuse)
+    launcher = SlurmLauncher.__new__(SlurmLauncher)
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.launch([["seed=0"]], 0)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "Invalid generic resource" in line and "hydra.launcher.gpus_per_node" in line
+
+
+def test_the_sacct_warning_is_shown_once_per_sweep():
+    import logging
+
+    from hsi.cli.train import OncePerSweep
+
+    sweep_filter = OncePerSweep()
+    record = lambda msg: logging.LogRecord("submitit", logging.WARNING, "", 0, msg, None, None)  # noqa: E731
+    sacct = "Call #{} - Bypassing sacct error Command '['sacct']' returned non-zero exit status 1."
+    shown = [sweep_filter.filter(record(sacct.format(i))) for i in range(1, 4)]
+    assert shown == [True, False, False]
+    assert sweep_filter.filter(record("job 12 failed"))  # other warnings pass
+    assert any(isinstance(f, OncePerSweep) for f in logging.getLogger("submitit").filters)
+
+
+def test_help_lists_the_groups_chosen_on_hsi_train_with_their_options():
+    from string import Template
+
+    template = compose_train(["out=/x"], hydra_node=True).hydra.help.template
+    # only the names Hydra fills in (a wrong one breaks --help)
+    Template(template).substitute(FLAGS_HELP="", HYDRA_CONFIG_GROUPS="", APP_CONFIG_GROUPS="", CONFIG="")
+    listed = dict(
+        line.split(":", 1) for line in template.split("== Config ==")[0].splitlines()[3:] if ":" in line
+    )
+    groups = {"data", "model", "method", "method/variant", "trainer", "callbacks", "logger",
+              "experiment", "hydra/launcher"}
+    assert set(listed) == groups  # not source, mask, inpaint, dataset (chosen under data.generate)
+    for group, options_text in listed.items():
+        shown = [o.strip() for o in options_text.split("(")[0].split(",")]
+        assert shown == options(group), group  # the listing follows conf/
+
+
 def test_method_configs_carry_the_paper_recipe():
-    """SPEC §6, written out here by hand."""
+    """Paper 000, §5, written out here by hand."""
     erm = compose_train(["out=/x"]).method
     assert (erm.name, erm.epochs) == ("erm", 20)
     assert (
-        erm.module.lr,
-        erm.module.momentum,
-        erm.module.weight_decay,
-        erm.module.lr_schedule,
-    ) == (1e-3, 0.9, 1e-3, "constant")
+        erm.optimizer._target_,
+        erm.optimizer.lr,
+        erm.optimizer.momentum,
+        erm.optimizer.weight_decay,
+        erm.lr_scheduler,
+    ) == ("torch.optim.SGD", 1e-3, 0.9, 1e-3, None)
     base = compose_train(["out=/x"])
     assert (
         base.data.batch_size == 256
@@ -158,14 +235,13 @@ def test_method_configs_carry_the_paper_recipe():
     assert compose_filled(["experiment=paper_erm", "method=erm_all"]).data.sampling == "balanced"
     jtt = compose_train(["method=jtt"]).method
     assert jtt.lambda_up == 50 and jtt.erm_checkpoint is None and jtt.epochs == 20
-    assert jtt.module.lr == jtt.erm_module.lr == 1e-3 and jtt.module.lambda_up == 50
+    # stage 1 is the ERM method's node, composed (not copied); stage 2 shares its optimizer
+    assert jtt.erm == erm and jtt.optimizer == jtt.erm.optimizer
     dfr = compose_train(["method=dfr"]).method
-    assert dfr.variant == "paper" and (dfr.paper.epochs, dfr.paper.lr, dfr.paper.l2) == (
-        1000,
-        1.0,
-        100.0,
-    )
-    assert dfr.official.n_subsets >= 1 and list(dfr.official.c_grid)
+    assert dfr.erm == erm and dfr.variant._target_ == "hsi.methods.dfr.PaperRecipe"
+    assert (dfr.variant.epochs, dfr.variant.lr, dfr.variant.l2) == (1000, 1.0, 100.0)
+    official = compose_train(["method=dfr", "method/variant=official"]).method.variant
+    assert official.n_subsets >= 1 and list(official.c_grid)
 
 
 @pytest.mark.parametrize("name", [o for o in options("experiment") if o.startswith("paper_")])
@@ -175,13 +251,15 @@ def test_paper_experiments_are_the_paper_setting(name):
     assert cfg.data.generate.dataset.resolution == 224 and cfg.data.batch_size == 256
     assert cfg.data.generate.source._target_.endswith("ImageNetSource")
     assert cfg.trainer.accelerator == "gpu"
-    recipe = cfg.method.get("module") if cfg.method.algorithm != "dfr" else cfg.method.erm_module
-    assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.lr_schedule) == (
-        1e-3,
-        0.9,
-        1e-3,
-        "constant",
-    )
+    for node in (cfg.method, cfg.method.get("erm")):
+        if node is not None and "optimizer" in node:
+            recipe = node.optimizer
+            assert (recipe.lr, recipe.momentum, recipe.weight_decay, node.lr_scheduler) == (
+                1e-3,
+                0.9,
+                1e-3,
+                None,
+            )
     expected = {"paper_erm": ("erm", "standard"), "paper_erm_easy": ("erm_easy", "easy"),
                 "paper_erm_all": ("erm_all", "balanced"), "paper_jtt": ("jtt", "standard"),
                 "paper_dfr": ("dfr", "standard")}[name]  # fmt: skip
@@ -313,12 +391,10 @@ def test_source_pretraining_run_writes_results_without_groups(source_run):
     results = read_results(source_run)
     check_results(results, "erm", source_run, groups=False)
     assert results["data"] == "source" and results["epochs"] == 1
-    assert results["config"]["checkpoint"]["monitor"] is None  # val/acc was monitored
-    best = torch.load(results["checkpoints"]["best"], map_location="cpu", weights_only=False)
-    monitor = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))[
-        "monitor"
-    ]
-    assert monitor == "val/acc"
+    assert results["config"]["callbacks"]["best"]["monitor"] is None  # val/acc was monitored
+    best = torch.load(results["checkpoints"]["best"], map_location="cpu", weights_only=True)
+    monitors = {v["monitor"] for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")}
+    assert monitors == {"val/acc", None}  # best.ckpt by val/acc, last.ckpt every epoch
     assert (source_run / "csv" / "version_0" / "metrics.csv").is_file()
 
 
@@ -358,17 +434,20 @@ def _group_accuracies(pred, label, group_id) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_erm_test_metrics_equal_a_recomputation_from_the_best_checkpoint(sweep_a):
+@pytest.mark.parametrize("which", ["final", "best"])
+def test_erm_test_metrics_equal_a_recomputation_from_each_checkpoint(sweep_a, which):
     results = read_results(sweep_a / "0")
-    net = create_model("resnet10t", CLASSES, checkpoint=results["checkpoints"]["best"]).eval()
+    model = results["models"][which]
+    assert results["selection"] == "final" and results["test"] == results["models"]["final"]["test"]
+    net = create_model("resnet10t", CLASSES, checkpoint=model["checkpoint"]).eval()
     dm = instantiate(OmegaConf.create(results["config"]["data"]))
     dm.setup("test")
     pred, label, group_id = _predict(net, dm.test_dataloader())
     assert len(label) == CLASSES * TEST * 12
     expected = _group_accuracies(pred, label, group_id)
     for name, value in expected.items():
-        assert results["test"][name] == pytest.approx(value, abs=1e-6), name
-    assert results["test"]["acc"] == pytest.approx(float((pred == label).mean()), abs=1e-6)
+        assert model["test"][name] == pytest.approx(value, abs=1e-6), name
+    assert model["test"]["acc"] == pytest.approx(float((pred == label).mean()), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -413,7 +492,7 @@ def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
 def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
     sweep = work / "sweep_b"
     lambda_up = 3
-    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm_easy,jtt", "++method.erm_epochs=1",
+    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm_easy,jtt", "++method.erm.epochs=1",
                f"++method.lambda_up={lambda_up}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
     erm_easy, jtt = read_results(sweep / "0"), read_results(sweep / "1")
     check_results(erm_easy, "erm_easy", sweep / "0")
@@ -456,14 +535,20 @@ def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
 def test_dfr_paper_and_official_share_one_embedding_extraction(work, sweep_a):
     sweep, cache = work / "sweep_c", work / "cache"
     erm_run = sweep_a / "0"
-    hsi_train(["-m", *hsi_data(work), *FAST, "method=dfr", "method.variant=paper,official",
-               f"method.erm_checkpoint={erm_run}", "method.paper.l2=10", "method.official.n_subsets=3",
-               f"method.cache_dir={cache}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    common = [*hsi_data(work), *FAST, "method=dfr", f"method.erm_checkpoint={erm_run}",
+              f"method.cache_dir={cache}"]
+    # the two recipes have their own keys (conf/method/variant/): one run each, one cache
+    hsi_train([*common, "method.variant.l2=10", f"hydra.run.dir={sweep / '0'}"], work)
+    hsi_train([*common, "method/variant=official", "method.variant.n_subsets=3",
+               f"hydra.run.dir={sweep / '1'}"], work)
     paper, official = read_results(sweep / "0"), read_results(sweep / "1")
     for results, job in ((paper, "0"), (official, "1")):
         check_results(results, "dfr", sweep / job)
+        last = torch.load(erm_run / "checkpoints" / "last.ckpt", weights_only=True)
         assert results["stage1"] == {
             "checkpoint": str(erm_run / "checkpoints" / "last.ckpt"),
+            "epoch": last["epoch"],
+            "global_step": last["global_step"],
             "trained_here": False,
         }
     assert paper["dfr"]["variant"] == "paper" and official["dfr"]["variant"] == "official"
@@ -481,7 +566,7 @@ def test_dfr_paper_and_official_share_one_embedding_extraction(work, sweep_a):
     # the saved head on the cached test embeddings gives results.json's test numbers
     with np.load(paper["dfr"]["embeddings"]["test"]["path"]) as data:
         X, y, g = data["X"], data["y"], data["g"]
-    state = torch.load(paper["checkpoints"]["dfr"], map_location="cpu", weights_only=False)[
+    state = torch.load(paper["checkpoints"]["dfr"], map_location="cpu", weights_only=True)[
         "state_dict"
     ]
     logits = ((X - state["feature_mean"].numpy()) / state["feature_scale"].numpy()) @ state[
@@ -521,7 +606,7 @@ def test_an_interrupted_fit_resumes_from_last_and_ends_after_the_same_epochs(wor
     overrides = [*hsi_data(work), *FAST, "method.epochs=3", "logger=none"]
     with pytest.raises(Interrupt):
         run_inprocess(overrides, run, callbacks=[InterruptAtEpoch(1)])
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (0, BATCHES_PER_EPOCH)  # one epoch of three done
     assert not (run / "results.json").exists()
     with pytest.raises(FileExistsError, match="ckpt_path=last"):
@@ -530,8 +615,8 @@ def test_an_interrupted_fit_resumes_from_last_and_ends_after_the_same_epochs(wor
     results = run_inprocess([*overrides, "ckpt_path=last"], run, callbacks=[counter])
     assert counter.started == 2  # epochs 2 and 3 only
     assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES_PER_EPOCH
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["global_step"] == 3 * BATCHES_PER_EPOCH
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 3 * BATCHES_PER_EPOCH)
     check_results(results, "erm", run)
     assert not (run / "csv").exists() and not (run / "wandb").exists()  # logger=none
 
@@ -541,8 +626,8 @@ def test_wandb_offline_dfr_run_logs_group_tables_and_finishes(work):
     import wandb
 
     run = work / "wandb_dfr"
-    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method=dfr", "method.erm_epochs=1",
-                             "method.paper.l2=10", f"method.cache_dir={work / 'cache_wandb'}"], run)  # fmt: skip
+    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method=dfr", "method.erm.epochs=1",
+                             "method.variant.l2=10", f"method.cache_dir={work / 'cache_wandb'}"], run)
     assert wandb.run is None  # finished
     check_results(results, "dfr", run)
     assert results["stage1"]["trained_here"] and results["stage1"]["epochs"] == 1
@@ -576,14 +661,12 @@ def test_wandb_offline_erm_run_draws_the_per_group_curves(work):
     assert content["columns"] == ["step", "lineKey", "lineVal"]
     points = {(row[1], row[0]): row[2] for row in content["data"]}
     assert sorted(points) == sorted((g, e) for g in ALL_GROUPS for e in (0, 1))  # group x epoch
-    # the best checkpoint's epoch on the chart = the val numbers of results.json (same weights)
-    best_epoch = torch.load(results["checkpoints"]["best"], map_location="cpu", weights_only=False)[
-        "epoch"
-    ]
-    for group in ALL_GROUPS:
-        assert points[(group, best_epoch)] == pytest.approx(
-            results["val"][f"group/{group}"], abs=1e-6
-        )
+    # each reported model's epoch on the chart = its val numbers in results.json (same weights)
+    for model in results["models"].values():
+        for group in ALL_GROUPS:
+            assert points[(group, model["epoch"])] == pytest.approx(
+                model["val"][f"group/{group}"], abs=1e-6
+            )
     assert not (run / "csv").exists()  # logger=wandb replaces the CSV logger
     assert results["epochs"] == 2
 
@@ -599,8 +682,215 @@ def test_a_failing_wandb_job_closes_its_run_and_exits_non_zero(work, monkeypatch
                                       f"hydra.run.dir={run}", "hydra/job_logging=none", "hydra/hydra_logging=none"])  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main()
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # a bad key: one line, no traceback
     assert wandb.run is None
     (offline,) = (run / "wandb").glob("offline-run-*")
-    assert "got exitcode: 1" in (offline / "logs" / "debug.log").read_text()
+    assert "got exitcode: 1" in (offline / "logs" / "debug.log").read_text()  # W&B saw the failure
     assert not (run / "results.json").exists()
+
+
+# ============================================================================ trust
+@pytest.mark.slow
+def test_last_ckpt_holds_every_epoch_and_jtt_and_dfr_stage1_load_it(work):
+    """A monitored metric that peaks at epoch 0 (`epoch`, mode min): best.ckpt stays at epoch 0,
+    last.ckpt follows every epoch; stage 1 of JTT and DFR is the epoch-T model."""
+    peak_at_0 = ["callbacks.best.monitor=epoch", "callbacks.best.mode=min", "logger=none"]
+    erm = work / "peak_erm"
+    results = run_inprocess([*hsi_data(work), *FAST, *peak_at_0, "method.epochs=4"], erm)
+    last = torch.load(erm / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(erm / "checkpoints" / "best.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (3, 4 * BATCHES_PER_EPOCH)
+    assert best["epoch"] == 0
+    assert (results["models"]["final"]["epoch"], results["models"]["best"]["epoch"]) == (3, 0)
+    assert results["selection"] == "final" and results["test"] == results["models"]["final"]["test"]
+
+    expected = {"checkpoint": str(erm / "checkpoints" / "last.ckpt"), "epoch": 3,
+                "global_step": 4 * BATCHES_PER_EPOCH, "trained_here": False}
+    jtt = run_inprocess([*hsi_data(work), *FAST, "logger=none", "method=jtt",
+                         f"method.erm_checkpoint={erm}"], work / "peak_jtt")
+    dfr = run_inprocess([*hsi_data(work), *FAST, "logger=none", "method=dfr", "method.variant.l2=10",
+                         f"method.erm_checkpoint={erm}", f"method.cache_dir={work / 'peak_cache'}"],
+                        work / "peak_dfr")
+    assert jtt["stage1"] == expected and dfr["stage1"] == expected
+    assert jtt["checkpoints"]["stage1"] == dfr["checkpoints"]["stage1"] == expected["checkpoint"]
+    # selection=best takes the best model instead, and says that the metric is coarse
+    with pytest.warns(UserWarning, match="moves in steps of 0.333"):
+        dfr_best = run_inprocess(
+            [*hsi_data(work), *FAST, "logger=none", "method=dfr", "method.variant.l2=10",
+             "selection=best", f"method.erm_checkpoint={erm}",
+             f"method.cache_dir={work / 'peak_cache'}"],
+            work / "peak_dfr_best",
+        )
+    assert dfr_best["stage1"]["checkpoint"].endswith("best.ckpt")
+    assert dfr_best["stage1"]["epoch"] == 0
+
+    # stage 1 trained in the run: its epoch-T model as well
+    jtt_here = run_inprocess([*hsi_data(work), *FAST, *peak_at_0, "method=jtt", "method.erm.epochs=4"],
+                             work / "peak_jtt_here")
+    stage1 = jtt_here["stage1"]
+    assert stage1["trained_here"] and (stage1["epoch"], stage1["epochs"]) == (3, 4)
+    assert stage1["checkpoint"] == str(work / "peak_jtt_here" / "stage1" / "checkpoints" / "last.ckpt")
+
+
+class Marker:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize(
+    "key", ["model.checkpoint", "method.erm_checkpoint", "model.weights", "ckpt_path"]
+)
+def test_a_malicious_pickle_runs_nothing_whatever_key_it_is_given_as(tmp_path, key):
+    from hsi.models import UnloadableFileError
+
+    marker, evil = tmp_path / "marker", tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Marker(marker)}))
+    overrides = [*hsi_data(tmp_path), *FAST, f"{key}={evil}"]
+    if key == "method.erm_checkpoint":
+        overrides.append("method=jtt")
+    with pytest.raises(UnloadableFileError, match=f"{key}={evil}: cannot be loaded as weights only"):
+        run_inprocess(overrides, tmp_path / "run")
+    assert not marker.exists()  # nothing in the file ran
+    assert not (tmp_path / "hsi_data").exists()  # refused before any data was built
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def _fresh_run(work: Path) -> Path:
+    """A finished 1-epoch ERM run (its results.json and checkpoints), made once."""
+    run = work / "fresh_erm"
+    if not (run / "results.json").exists():
+        run_inprocess([*hsi_data(work), *FAST, "logger=none"], run)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["model.name=resnet_nosuch"], ValueError, "model.name=resnet_nosuch: timm has no such model"),
+        (["data.batch_size=0"], ValueError, "data.batch_size=0: must be an integer >= 1"),
+        (["method.epochs=0"], ValueError, "method.epochs=0: a training method needs at least one epoch"),
+        (["method=jtt", "method.erm.epochs=0"], ValueError, "method.erm.epochs=0: a training method"),
+        (["method=dfr", "method.erm.epochs=0"], ValueError, "method.erm.epochs=0: a training method"),
+        (["method=jtt", "method.lambda_up=0"], ValueError, "method.lambda_up=0"),
+        (["method=jtt", "method.erm_checkpoint=/nonexistent/erm"], FileNotFoundError,
+         "method.erm_checkpoint=/nonexistent/erm: no such file or folder"),
+        (["method=erm_all", "method=jtt", "data.sampling=balanced"], ValueError, "data.sampling=standard"),
+        (["method=pretrained"], ValueError, "method=pretrained evaluates a trained model"),
+        (["selection=latest"], ValueError, "selection=latest: must be one of"),
+        (["method=dfr", "method.variant.lr=-1"], ValueError, "method.variant .*lr > 0"),
+    ],
+)
+def test_bad_keys_are_refused_before_any_data_is_read(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        run_inprocess([*hsi_data(tmp_path), *FAST, *overrides], tmp_path / "run")
+    assert not (tmp_path / "hsi_data").exists() and not (tmp_path / "source").exists()
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"garbage bytes, not a checkpoint", "truncated"])
+def test_unreadable_checkpoints_are_named_and_nothing_is_overwritten(tmp_path, work, content):
+    from hsi.models import UnloadableFileError
+
+    done = _fresh_run(work)
+    before = (done / "results.json").read_bytes()
+    if content == "truncated":  # a last.ckpt cut short (a full disk, a killed copy)
+        run = tmp_path / "resume"
+        (run / "checkpoints").mkdir(parents=True)
+        good = (done / "checkpoints" / "last.ckpt").read_bytes()
+        (run / "checkpoints" / "last.ckpt").write_bytes(good[: len(good) // 2])
+        overrides, key = ["ckpt_path=last"], "ckpt_path=last"
+    else:
+        bad = tmp_path / "bad.ckpt"
+        bad.write_bytes(content)
+        run, overrides, key = tmp_path / "run", [f"model.checkpoint={bad}"], "model.checkpoint"
+    with pytest.raises(UnloadableFileError, match=f"{key}=.*cannot be loaded as weights only"):
+        run_inprocess([*hsi_data(work), *FAST, *overrides], run)
+    assert (done / "results.json").read_bytes() == before
+    assert not (run / "results.json").exists()
+
+
+def test_out_must_be_a_writable_folder(tmp_path, monkeypatch):
+    import hsi.train.checks
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=f"out={afile}: is a file"):
+        run_inprocess([*hsi_data(tmp_path), *FAST], afile)
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    if os.access(readonly, os.W_OK):  # root writes anywhere: deny as a read-only mount would
+        real_access = os.access
+        monkeypatch.setattr(
+            hsi.train.checks.os,
+            "access",
+            lambda path, mode: False if Path(path) == readonly else real_access(path, mode),
+        )
+        message = f"out={readonly}: the run folder is not writable"
+        out = readonly
+    else:
+        message, out = "out=.*readonly/run: cannot create the run folder", readonly / "run"
+    with pytest.raises(PermissionError, match=message):
+        run_inprocess([*hsi_data(tmp_path), *FAST], out)
+    readonly.chmod(0o700)
+    assert afile.read_text() == "not a folder" and not (tmp_path / "hsi_data").exists()
+
+
+def test_a_second_process_on_a_run_folder_fails_at_once_naming_the_first(tmp_path):
+    from hsi.train.checks import RunLock, RunLockedError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from hsi.train.checks import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
+         "print('locked', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
+            run_inprocess([*hsi_data(tmp_path), *FAST], run)
+        assert not (tmp_path / "hsi_data").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run):  # free again once its holder is gone
+        pass
+
+
+@pytest.mark.slow
+def test_a_diverged_fit_stops_is_recorded_as_such_and_exits_non_zero(work):
+    from hsi.report import category_tables
+
+    run = work / "diverged"
+    proc = subprocess.run(
+        [str(HSI_TRAIN), *hsi_data(work), *FAST, "method.optimizer.lr=1e12", f"hydra.run.dir={run}"],
+        cwd=work, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
+    )
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("hsi-train: error:")]
+    assert "training diverged" in line and "lower method.optimizer.lr" in line and " at step " in line
+    assert "Traceback" not in proc.stderr
+    results = read_results(run)
+    assert results["status"] == "diverged" and "training diverged" in results["error"]
+    assert "test" not in results  # no numbers a table could pick up
+    with pytest.raises(ValueError, match="has status 'diverged'"):
+        category_tables([results])
+
+
+@pytest.mark.slow
+def test_the_cli_reports_a_bad_key_in_one_line_without_a_traceback(work):
+    proc = subprocess.run(
+        [str(HSI_TRAIN), *hsi_data(work), *FAST, "model.name=resnet_nosuch",
+         f"hydra.run.dir={work / 'badname'}"],
+        cwd=work, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "hsi-train: error: model.name=resnet_nosuch: timm has no such model" in proc.stderr

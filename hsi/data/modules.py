@@ -218,14 +218,26 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
             from_export=self.export_dir is not None,
         )
 
-    def set_train_repeats(self, repeats: Sequence[int] | np.ndarray | None) -> None:
-        """Times each train sample (train_eval_dataloader's order) appears per epoch; None = once.
+    def upsample_train(self, repeats: Sequence[int] | np.ndarray) -> int:
+        """JTT's upsampling (paper 000, §5): train sample ``i`` (train_eval_dataloader's order)
+        appears ``repeats[i]`` times in every epoch, in the seeded order of the train sampler.
 
-        JTT's upsampling: the error set's samples lambda_up times, the others once.
+        Only for the train split as built (``sampling=standard``). Returns the epoch size.
         """
-        if repeats is not None and self.sampling == "balanced":
-            raise ValueError("set_train_repeats works with sampling=standard or easy, not balanced")
-        self.train_repeats = None if repeats is None else np.asarray(repeats, dtype=np.int64)
+        if self.sampling != "standard":
+            raise ValueError(
+                f"JTT's upsampling needs data.sampling=standard (the train split as built), "
+                f"got data.sampling={self.sampling}"
+            )
+        repeats = np.asarray(repeats, dtype=np.int64)
+        size = len(self._rows.get("train", ()))
+        if repeats.shape != (size,) or (repeats < 0).any():
+            raise ValueError(
+                f"upsample_train takes one count >= 0 per train sample ({size}); got shape "
+                f"{repeats.shape}"
+            )
+        self.train_repeats = repeats
+        return int(repeats.sum())
 
     def train_sampler(self, dataset: HSIDataset) -> EpochSampler:
         if self.sampling == "balanced":

@@ -1,51 +1,53 @@
-"""Group-robustness methods (SPEC §6): ERM (ERM_easy / ERM_all by sampling), JTT and DFR.
+"""Group-robustness methods of paper 000, §5.2–5.3: ERM (ERM_easy / ERM_all by sampling), JTT and DFR.
 
-Each method is a LightningModule that logs the SPEC §8 group metrics for val and test; the
-JTT and DFR helpers (error set, upsampling, embeddings and their cache, last-layer fits) are
-plain functions the training app composes.
+Each method is a :class:`~hsi.methods.base.Method` chosen by ``method._target_`` that runs its
+algorithm on a training job, with a LightningModule that logs the group metrics of
+:mod:`hsi.metrics` for val and test (:class:`~hsi.methods.base.GroupEvalModule`).
 """
 
+from hsi.methods.base import GroupEvalModule, Method, evaluating, split_batch
 from hsi.methods.dfr import (
+    DFR,
     DFRModule,
-    EmbeddingCache,
+    OfficialRecipe,
+    PaperRecipe,
     balanced_subset,
-    embedding_loader,
-    extract_embeddings,
     fit_dfr_official,
     fit_dfr_paper,
     official_splits,
     predict_linear,
 )
-from hsi.methods.erm import ERMModule, GroupEvalModule, evaluating, split_batch
+from hsi.methods.erm import ERM, ERMModule, Pretrained
 from hsi.methods.jtt import (
+    JTT,
     JTTModule,
     compute_error_set,
     error_set_report,
-    upsample_indices,
     upsample_repeats,
-    upsampled_dataset,
     write_error_set,
 )
 
 __all__ = [
+    "DFR",
     "DFRModule",
+    "ERM",
     "ERMModule",
-    "EmbeddingCache",
     "GroupEvalModule",
+    "JTT",
     "JTTModule",
+    "Method",
+    "OfficialRecipe",
+    "PaperRecipe",
+    "Pretrained",
     "balanced_subset",
     "compute_error_set",
-    "embedding_loader",
     "error_set_report",
     "evaluating",
-    "extract_embeddings",
     "fit_dfr_official",
     "fit_dfr_paper",
     "official_splits",
     "predict_linear",
     "split_batch",
-    "upsample_indices",
     "upsample_repeats",
-    "upsampled_dataset",
     "write_error_set",
 ]

@@ -1,10 +1,9 @@
-"""ERM (and ERM_easy / ERM_all, which differ only in the data module's sampling): SPEC §6.
+"""ERM (and ERM_easy / ERM_all, which differ only in the data module's sampling): paper 000, §5.2–5.3.
 
-Fine-tune a classifier with cross-entropy: SGD, momentum 0.9, weight decay 1e-3, constant
-learning rate 1e-3 (the paper's recipe; a cosine schedule is an option). Validation and test
-accumulate per-group counts in a :class:`hsi.metrics.GroupAccuracy` and log the SPEC §8 names
-(``val/acc``, ``val/worst_group_acc``, ``val/group/CeO_56`` ...) once per epoch; checkpoints are
-selected on ``val/worst_group_acc``.
+Fine-tune a classifier with cross-entropy. The optimizer and the learning-rate schedule are
+``_partial_`` config nodes (``method.optimizer``, ``method.lr_scheduler``); the paper's recipe is
+SGD, momentum 0.9, weight decay 1e-3, constant learning rate 1e-3, a fixed 20 epochs.
+Validation and test log the group metrics of :class:`hsi.methods.base.GroupEvalModule`.
 
 The network is held as ``self.model``, so a checkpoint's state dict reads ``model.<timm key>``:
 :func:`hsi.models.create_model` (``checkpoint=``) loads exactly that prefix.
@@ -13,123 +12,34 @@ The network is held as ``self.model``, so a checkpoint's state dict reads ``mode
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from hsi.groups import Group, make_groups
-from hsi.metrics import GroupAccuracy, prefixed
+from hsi.groups import Group
+from hsi.methods.base import (
+    GroupEvalModule,
+    Method,
+    as_groups,
+    group_sizes,
+    split_batch,
+)
 
-LR_SCHEDULES = ("constant", "cosine")
-SPLITS = ("val", "test")
+# The paper's fine-tuning recipe (paper 000, §5.2–5.3): what a module built without a config uses.
+PAPER_OPTIMIZER = {
+    "_target_": "torch.optim.SGD",
+    "_partial_": True,
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 1e-3,
+}
 # Weight sources are not needed to rebuild a network whose weights come from a checkpoint.
 _WEIGHT_KEYS = ("pretrained", "weights", "checkpoint", "num_classes")
-
-
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``(x, y, group_id)``, ``(x, y)`` or ``x`` -> ``(x, y or None, group_id or None)``."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
-        x, y, *rest = batch
-        return x, y, (rest[0] if rest else None)
-    raise ValueError(
-        f"expected a batch (x, y, group_id), (x, y) or a tensor x; got {type(batch).__name__}"
-        + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
-    )
-
-
-@contextmanager
-def evaluating(model: nn.Module, device: str | torch.device = "cpu") -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode on ``device`` without gradients; restore mode and device after.
-
-    Dropout off and batch-norm on running statistics: what JTT's error set and DFR's embeddings
-    must see. The caller's model comes back exactly as it was handed over.
-    """
-    was_training = model.training
-    param = next(model.parameters(), None)
-    old_device = param.device if param is not None else None
-    model.to(device).eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
-        if old_device is not None:
-            model.to(old_device)
-
-
-def as_groups(groups: Sequence[Group] | Sequence[int] | None) -> list[Group] | None:
-    """Groups from a list of :class:`Group` or from the three object sizes (as hparams store them)."""
-    if groups is None:
-        return None
-    groups = list(groups)
-    if groups and all(isinstance(g, Group) for g in groups):
-        return groups
-    if all(isinstance(g, int) for g in groups):
-        return make_groups(groups)
-    raise TypeError(f"groups must be hsi.groups.Group objects or the three sizes; got {groups!r}")
-
-
-def group_sizes(groups: Sequence[Group] | None) -> list[int] | None:
-    """The three object sizes that :func:`as_groups` turns back into the groups."""
-    return sorted({g.size for g in groups}) if groups else None
-
-
-class GroupEvalModule(L.LightningModule):
-    """Validation/test per-group accuracy shared by every method of this package.
-
-    Subclasses call :meth:`init_group_metrics` in ``__init__`` and implement ``forward``.
-    After an epoch of validation or test, ``last_metrics[split]`` holds the plain-float metric
-    dict (keys without the split prefix) of that epoch, for the caller's ``results.json``.
-    """
-
-    def init_group_metrics(self, groups: Sequence[Group] | None) -> None:
-        self.groups = groups
-        # Separate objects: a test run in the same process must not mix counts with validation.
-        self.val_metric = GroupAccuracy(groups)
-        self.test_metric = GroupAccuracy(groups)
-        self.last_metrics: dict[str, dict[str, float]] = {}
-
-    def _metric(self, split: str) -> GroupAccuracy:
-        return self.val_metric if split == "val" else self.test_metric
-
-    def _eval_step(self, batch: Any, split: str) -> None:
-        x, y, group_id = split_batch(batch)
-        if y is None:
-            raise ValueError(f"{split} batches must carry labels: (x, y, group_id)")
-        self._metric(split).update(self(x), y, group_id)
-
-    def _epoch_end(self, split: str) -> None:
-        metric = self._metric(split)
-        values = {key: float(value) for key, value in metric.compute().items()}
-        metric.reset()
-        self.log_dict(prefixed(values, split))
-        sanity = self._trainer is not None and self._trainer.sanity_checking
-        if not sanity:  # the sanity check's two batches are not a result
-            self.last_metrics[split] = values
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """Logits [N, num_classes]."""
-        return self(split_batch(batch)[0])
 
 
 def _plain(value: Any) -> Any:
@@ -156,36 +66,33 @@ def describe_model(
 
 
 class ERMModule(GroupEvalModule):
-    """Empirical risk minimisation with the paper's fine-tuning recipe (SPEC §6).
+    """Empirical risk minimisation with a configured optimizer (paper 000, §5.2–5.3).
 
     Give either ``model_factory`` (e.g. ``hydra.utils.instantiate(cfg.model)``, called as
     ``model_factory(num_classes=...)``) with ``num_classes``, or a built ``model``. ``groups``:
     the 12 HSI groups (or their three sizes); None for plain classification (one group).
-    ``lr_schedule``: ``constant`` (paper) or ``cosine`` over ``max_epochs`` (default: the
-    trainer's). ``model_name``/``model_kwargs`` are filled in from the factory and let
-    ``load_from_checkpoint`` rebuild the network without one.
+    ``optimizer``: a ``_partial_`` node of a torch optimizer (default: the paper's SGD);
+    ``lr_scheduler``: a ``_partial_`` node of a torch scheduler stepped once per epoch, or None
+    (constant). Both are kept as plain dicts in the hyper-parameters. ``model_name`` /
+    ``model_kwargs`` are filled in from the factory and let ``load_from_checkpoint`` rebuild the
+    network without one. ``method``: the method's name (``method.name``).
     """
-
-    METHOD = "erm"
 
     def __init__(
         self,
         model_factory: Callable[..., nn.Module] | None = None,
         num_classes: int | None = None,
         groups: Sequence[Group] | Sequence[int] | None = None,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-3,
-        lr_schedule: str = "constant",
-        max_epochs: int | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        lr_scheduler: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
         model_name: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        method: str | None = None,
+        method: str = "erm",
     ) -> None:
         super().__init__()
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        optimizer = _node(optimizer, "optimizer") or dict(PAPER_OPTIMIZER)
+        lr_scheduler = _node(lr_scheduler, "lr_scheduler")
         # Collects the init arguments of this class and of subclasses (JTT's lambda_up ...).
         self.save_hyperparameters(ignore=["model", "model_factory", "groups"])
         self.model = self._build(model_factory, model, num_classes, model_name, model_kwargs)
@@ -196,15 +103,20 @@ class ERMModule(GroupEvalModule):
             else describe_model(model_factory, self.model)
         )
         # What rebuilds the module from a checkpoint and reads well in hparams.yaml: sizes
-        # instead of Group objects, the architecture instead of the factory, the method's name.
-        self.save_hyperparameters({
-            **self.hparams,
-            "num_classes": int(getattr(self.model, "num_classes", num_classes)),
-            "groups": group_sizes(groups),
-            "model_name": name,
-            "model_kwargs": kwargs,
-            "method": method or self.METHOD,
-        })  # fmt: skip
+        # instead of Group objects, the architecture instead of the factory, plain dicts
+        # instead of config objects (a checkpoint then loads with torch.load(weights_only=True)).
+        self.save_hyperparameters(
+            {
+                **self.hparams,
+                "num_classes": int(getattr(self.model, "num_classes", num_classes)),
+                "groups": group_sizes(groups),
+                "model_name": name,
+                "model_kwargs": kwargs,
+                "optimizer": optimizer,
+                "lr_scheduler": lr_scheduler,
+                "method": str(method),
+            }
+        )
         self.init_group_metrics(groups)
 
     @staticmethod
@@ -251,19 +163,104 @@ class ERMModule(GroupEvalModule):
         return loss
 
     def configure_optimizers(self) -> Any:
+        """The optimizer node over the network's parameters, and its schedule (per epoch)."""
         hp = self.hparams
-        optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
-        if hp.lr_schedule == "constant":
+        optimizer = instantiate(hp.optimizer)(self.model.parameters())
+        if not hp.lr_scheduler:
             return optimizer
-        epochs = hp.max_epochs or (self.trainer.max_epochs if self._trainer is not None else None)
-        if not epochs or epochs < 1:
-            raise ValueError(
-                "lr_schedule=cosine needs a number of epochs: set max_epochs (or trainer.max_epochs)"
-            )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(epochs))
+        scheduler = instantiate(hp.lr_scheduler)(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+def _node(value: Any, key: str) -> dict[str, Any] | None:
+    """A ``_partial_`` config node as a plain dict (None stays None)."""
+    if value is None:
+        return None
+    value = _plain(value)
+    if not isinstance(value, Mapping) or "_target_" not in value:
+        raise ValueError(
+            f"{key} must be a config node with a _target_ (e.g. {{_target_: torch.optim.SGD, "
+            f"_partial_: true, lr: 0.001}}); got {value!r}"
+        )
+    return {**value, "_partial_": True}
+
+
+# --------------------------------------------------------------------------- the method
+class ERM(Method):
+    """ERM, ERM_easy, ERM_all (``method=erm|erm_easy|erm_all``): one fit of ``method.epochs``.
+
+    Keys: ``name``, ``epochs``, ``module`` (the LightningModule, a ``_partial_`` node),
+    ``optimizer``, ``lr_scheduler``.
+    """
+
+    def check(self, cfg: DictConfig) -> None:
+        check_epochs(self.cfg.epochs, f"{self.key}.epochs")
+
+    def build_module(self, job: Any, **kwargs: Any) -> ERMModule:
+        """The training module of ``module`` with this method's optimizer and name."""
+        return job.make_module(
+            self.cfg.module,
+            optimizer=self.cfg.optimizer,
+            lr_scheduler=self.cfg.get("lr_scheduler"),
+            method=self.name,
+            **kwargs,
+        )
+
+    def run(self, job: Any) -> dict[str, Any]:
+        module = self.build_module(job)
+        outcome = job.fit(
+            module, job.out, job.loggers, None, job.cfg.ckpt_path, job.main_callbacks()
+        )
+        results = {
+            "epochs": outcome.epochs,
+            "global_step": outcome.global_step,
+            **job.evaluate(outcome),
+        }
+        results["checkpoints"] = job.checkpoint_paths(best=outcome.best, last=outcome.last)
+        return results
+
+
+def check_epochs(value: Any, key: str) -> int:
+    """A number of training epochs as an int >= 1, or ValueError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{key}={value}: a training method needs at least one epoch; set {key} to an "
+            f"integer >= 1 (method=pretrained evaluates a model without training)"
+        )
+    return int(value)
+
+
+class Pretrained(Method):
+    """A model as it is (no training): val and test group accuracy (Table 3's "Pretrained" row).
+
+    The model comes from ``model.checkpoint`` (e.g. a source-pretraining run), ``model.weights``
+    or ``model.pretrained``; its head must already fit the data's classes.
+    """
+
+    def check(self, cfg: DictConfig) -> None:
+        model_cfg = cfg.model
+        if not (
+            model_cfg.get("checkpoint") or model_cfg.get("weights") or model_cfg.get("pretrained")
+        ):
+            raise ValueError(
+                "method=pretrained evaluates a trained model: set model.checkpoint=<run folder or "
+                ".ckpt>, model.weights=<file> or model.pretrained=true"
+            )
+
+    def run(self, job: Any) -> dict[str, Any]:
+        self.check(job.cfg)
+        network = job.model_factory()(num_classes=job.num_classes, require_head=True)
+        module = ERMModule(
+            model=network, num_classes=job.num_classes, groups=job.groups, method=self.name
+        )
+        trainer = job.make_trainer(job.out, job.loggers, max_epochs=0, checkpointing=False)
+        trainer.validate(module, datamodule=job.datamodule, verbose=False)
+        trainer.test(module, datamodule=job.datamodule, verbose=False)
+        return {
+            "epochs": 0,
+            "global_step": 0,
+            **{s: dict(module.last_metrics[s]) for s in ("val", "test")},
         }

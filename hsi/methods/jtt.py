@@ -1,6 +1,7 @@
-"""Just Train Twice (JTT): SPEC §6, issue 4.
+"""Just Train Twice (JTT): paper 000, §5.2–5.3.
 
-Stage 1 is an ERM checkpoint (epoch T). Its error set is the train samples it misclassifies
+Stage 1 is an ERM model at epoch T (``method.erm``: the ERM method's settings, composed from
+conf/method/erm.yaml; or ``method.erm_checkpoint``). Its error set is the train samples it misclassifies
 in a separate pass in eval mode with eval transforms (no augmentation, no dropout). Stage 2
 trains a fresh model with the paper's ERM recipe on the train split in which every error
 example appears ``lambda_up`` times **in total** and every other example once (public JTT
@@ -10,18 +11,24 @@ code counts the factor differently per repository; this is the one definition us
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
 from hsi.io import atomic_write_csv, atomic_write_text
-from hsi.methods.erm import ERMModule, evaluating, split_batch
+from hsi.methods.base import Method, evaluating, split_batch
+from hsi.methods.erm import ERM, ERMModule
+
+log = logging.getLogger(__name__)
 
 MINORITY = ("medium", "hard")  # the groups JTT's error set is meant to find
 
@@ -46,13 +53,15 @@ def compute_error_set(
             group_ids.append(torch.zeros_like(y) if g is None else g.cpu())
     label = torch.cat(labels).numpy().astype(np.int64)
     pred = torch.cat(preds).numpy().astype(np.int64)
-    return pd.DataFrame({
-        "index": np.arange(len(label), dtype=np.int64),
-        "label": label,
-        "pred": pred,
-        "group_id": torch.cat(group_ids).numpy().astype(np.int64),
-        "error": pred != label,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(label), dtype=np.int64),
+            "label": label,
+            "pred": pred,
+            "group_id": torch.cat(group_ids).numpy().astype(np.int64),
+            "error": pred != label,
+        }
+    )
 
 
 def error_set_report(
@@ -95,7 +104,8 @@ def check_lambda_up(lambda_up: int) -> int:
     """``lambda_up`` (total appearances of an error example) as an int >= 1, or ValueError."""
     if isinstance(lambda_up, bool) or int(lambda_up) != lambda_up or lambda_up < 1:
         raise ValueError(
-            f"lambda_up (total appearances of an error example) must be an integer >= 1; got {lambda_up}"
+            f"method.lambda_up={lambda_up}: the total appearances of an error example must be an "
+            f"integer >= 1"
         )
     return int(lambda_up)
 
@@ -125,28 +135,12 @@ def upsample_repeats(
 ) -> np.ndarray:
     """Appearances per sample: ``lambda_up`` for the error set, 1 for the rest (length ``n``).
 
-    What ``HSIDataModule.set_train_repeats`` takes.
+    What the data module's ``upsample_train`` hook takes.
     """
     errors = _checked_errors(n, error_indices, lambda_up)
     repeats = np.ones(n, dtype=np.int64)
     repeats[errors] = int(lambda_up)
     return repeats
-
-
-def upsample_indices(
-    n: int, error_indices: Sequence[int] | np.ndarray, lambda_up: int
-) -> np.ndarray:
-    """Sorted dataset indices in which each error example appears exactly ``lambda_up`` times
-    in total and every other example once (``n + (lambda_up - 1) * len(errors)`` entries).
-
-    The order is sorted; the training sampler shuffles. An empty error set raises ValueError.
-    """
-    return np.repeat(np.arange(n, dtype=np.int64), upsample_repeats(n, error_indices, lambda_up))
-
-
-def upsampled_dataset(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> Subset:
-    """``dataset`` seen through ``indices`` (e.g. :func:`upsample_indices`), repeats included."""
-    return Subset(dataset, np.asarray(indices, dtype=np.int64).tolist())
 
 
 def write_error_set(
@@ -164,11 +158,9 @@ def write_error_set(
 class JTTModule(ERMModule):
     """Stage 2 of JTT: the ERM recipe on the upsampled train split (the data module upsamples).
 
-    Its own class so that checkpoints and hparams say ``method: jtt`` and carry ``lambda_up``,
-    the stage-1 checkpoint and the error-set report.
+    Its own class so that checkpoints and hparams carry ``lambda_up``, the stage-1 checkpoint
+    and the error-set report.
     """
-
-    METHOD = "jtt"
 
     def __init__(
         self,
@@ -179,5 +171,82 @@ class JTTModule(ERMModule):
         **kwargs: Any,
     ) -> None:
         """ERMModule's arguments, plus JTT's own (recorded in the hyper-parameters)."""
-        check_lambda_up(lambda_up)
+        kwargs.setdefault("method", "jtt")
         super().__init__(*args, **kwargs)
+
+
+class JTT(Method):
+    """JTT (``method=jtt``): the stage-1 model's error set, then ERM on the upsampled train split.
+
+    Keys: ``name``, ``epochs`` (stage 2), ``lambda_up``, ``module``, ``optimizer``,
+    ``lr_scheduler`` (stage 2), ``erm`` (stage 1: an ERM method node), ``erm_checkpoint``.
+    """
+
+    def __init__(self, cfg: DictConfig, key: str = "method") -> None:
+        super().__init__(cfg, key)
+        self.lambda_up = check_lambda_up(cfg.lambda_up)  # the one place lambda_up is read
+        self.stage2 = ERM(cfg, key)
+
+    def check(self, cfg: DictConfig) -> None:
+        self.stage2.check(cfg)
+        sampling = cfg.data.get("sampling")
+        if sampling != "standard":
+            raise ValueError(
+                f"method=jtt upsamples the train split as built: use data=hsi (hsi_v2, hsi_sam) "
+                f"with data.sampling=standard (got data.sampling={sampling})"
+            )
+        check_stage1(self.cfg, cfg)
+
+    def run(self, job: Any) -> dict[str, Any]:
+        cfg, dm = job.cfg, job.datamodule
+        stage1, stage1_record = job.erm_stage1(self.cfg)
+        errors = compute_error_set(
+            job.stage1_network(stage1, require_head=True),
+            dm.train_eval_dataloader(),
+            job.eval_device(),
+        )
+        train_set = dm.dataset("train")
+        errors.insert(1, "sample_id", train_set.sample_ids)
+        errors["category"] = [job.groups[g].category for g in errors["group_id"]]
+        errors["group"] = [job.groups[g].name for g in errors["group_id"]]
+        report = error_set_report(errors, errors["category"])
+        repeats = upsample_repeats(
+            len(errors), np.flatnonzero(errors["error"].to_numpy()), self.lambda_up
+        )
+        report["epoch_size"] = dm.upsample_train(repeats)
+        errors["multiplicity"] = repeats
+        report["lambda_up"] = self.lambda_up
+        write_error_set(job.out, errors, report)
+        log.info(
+            "JTT error set: %d of %d train samples (precision %.3f, recall %s against Medium+Hard)",
+            report["size"],
+            report["num_samples"],
+            report["precision"] or 0.0,
+            report["recall"],
+        )
+
+        L.seed_everything(
+            int(cfg.seed), workers=True
+        )  # stage 2 starts from stage 1's initial weights
+        module = self.stage2.build_module(
+            job, stage1_checkpoint=str(stage1), lambda_up=self.lambda_up, error_set=report
+        )
+        outcome = job.fit(module, job.out, job.loggers, None, cfg.ckpt_path, job.main_callbacks())
+        results = {
+            "epochs": outcome.epochs,
+            "global_step": outcome.global_step,
+            **job.evaluate(outcome),
+        }
+        results["checkpoints"] = job.checkpoint_paths(
+            best=outcome.best, last=outcome.last, stage1=stage1
+        )
+        results["stage1"] = stage1_record
+        results["error_set"] = {**report, "file": str(job.out / "error_set.csv")}
+        return results
+
+
+def check_stage1(method_cfg: DictConfig, cfg: DictConfig) -> None:
+    """Stage 1 given (``method.erm_checkpoint``) or trainable (``method.erm.epochs`` >= 1)."""
+    if method_cfg.get("erm_checkpoint"):
+        return
+    ERM(method_cfg.erm, key="method.erm").check(cfg)

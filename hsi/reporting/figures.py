@@ -87,8 +87,8 @@ def erm_epochs(run: Mapping[str, Any]) -> int | None:
         results = Path(checkpoint).parent.parent / "results.json"
         if results.is_file() and read_results(results).get("epochs") is not None:
             return int(read_results(results)["epochs"])
-    method = (run.get("config") or {}).get("method") or {}
-    return int(method["erm_epochs"]) if method.get("erm_epochs") is not None else None
+    erm = ((run.get("config") or {}).get("method") or {}).get("erm") or {}
+    return int(erm["epochs"]) if erm.get("epochs") is not None else None
 
 
 def dfr_by_epochs(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

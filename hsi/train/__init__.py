@@ -2,17 +2,11 @@
 
     train(cfg) -> results dict (also <run folder>/results.json)
 
-The flow of every job: seed everything; the loggers; the data module (prepare_data builds
-whatever is missing, setup reads it); the method's flow; results.json written atomically; the
-W&B run closed even when the job fails. The three flows:
-
-- ``erm``: fit with ModelCheckpoint (``val/worst_group_acc``, max; ``last.ckpt`` every epoch),
-  then val and test with the best checkpoint;
-- ``jtt``: stage 1 (an ERM checkpoint, or an ERM fit under ``stage1/``), its error set on the
-  train split with eval transforms (``error_set.csv``), stage 2 = the ERM flow on the train
-  split in which every error example appears ``lambda_up`` times;
-- ``dfr``: stage 1 as JTT's, embeddings of the frozen model through the shared embedding cache,
-  the last layer refit on val (paper or official recipe), val and test of that classifier.
+The flow of every job: the method (``method._target_``: hsi.methods.erm.ERM, .jtt.JTT,
+.dfr.DFR, .erm.Pretrained) built and its config checked; seed everything; the loggers; the data
+module (prepare_data builds whatever is missing, setup reads it); the method's ``run``;
+results.json written atomically; the W&B run closed even when the job fails. What each method
+does is in its own module (hsi/methods/) and in docs/architecture.md.
 
 Resume: ``ckpt_path=last`` continues from ``<run folder>/checkpoints/last.ckpt`` (and an
 unfinished stage 1 from ``stage1/checkpoints/last.ckpt``), or starts afresh when there is none
@@ -24,7 +18,11 @@ launched with ``ckpt_path=last``, continues there.
 A model checkpoint given as a run folder (``model.checkpoint=<run>``, e.g. a source
 pretraining) means its ``checkpoints/best.ckpt``, else ``last.ckpt``; an ERM run folder given to
 JTT or DFR (``method.erm_checkpoint=<run>``) means its ``last.ckpt`` (the model after that
-run's epochs, T), else ``best.ckpt``.
+run's epochs, T), or its ``best.ckpt`` with ``selection=best``.
+
+Safety: every checkpoint and weight file loads with ``weights_only=True``; the run folder is
+locked (``<out>/.lock``) for the job's lifetime; a non-finite loss stops the fit and leaves
+``status: diverged`` in results.json.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,30 +46,28 @@ from hsi.loggers import (
     log_summary,
     make_loggers,
 )
+from hsi.methods.base import Method
+from hsi.models import checkpoint_record
 from hsi.results import flat_metrics, write_results
-from hsi.train.flows import FLOWS, data_key
-from hsi.train.job import (
-    Job,
+from hsi.train.checks import (
+    RunLock,
+    check_inputs,
     check_run_folder,
-    check_weights,
-    make_datamodule,
     requeue_ckpt_path,
     resolve_checkpoint,
 )
+from hsi.train.job import SELECTIONS, Job, TrainingDiverged, make_datamodule
 
 __all__ = [
-    "ALGORITHMS",
-    "FLOWS",
     "check_run_folder",
-    "data_key",
     "make_datamodule",
+    "make_method",
     "requeue_ckpt_path",
     "resolve_checkpoint",
     "single_console_log",
     "summary_line",
     "train",
 ]
-ALGORITHMS = tuple(FLOWS)  # method.algorithm: erm, evaluate, jtt, dfr
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +79,21 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
     ``callbacks`` are added to the main fit's Trainer (tests use them to interrupt a fit).
     """
     started = time.time()
-    algorithm = str(cfg.method.algorithm)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"method.algorithm={algorithm!r}: must be one of {ALGORITHMS}")
+    # Everything cheap is checked before any data is read or built (each error names its key).
+    method = make_method(cfg)
+    if cfg.get("selection", "final") not in SELECTIONS:
+        raise ValueError(f"selection={cfg.selection}: must be one of {SELECTIONS}")
     out = Path(str(cfg.out)).resolve()
     cfg.ckpt_path = requeue_ckpt_path(cfg.ckpt_path)
-    check_run_folder(out, cfg.ckpt_path)
-    check_weights(cfg.model)
+    check_inputs(cfg)
+    with RunLock(out):
+        check_run_folder(out, cfg.ckpt_path)
+        return _train_locked(cfg, method, out, callbacks, started)
+
+
+def _train_locked(
+    cfg: DictConfig, method: Method, out: Path, callbacks: Sequence[Callback], started: float
+) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     loggers = make_loggers(cfg)
     failed = True
@@ -98,8 +103,17 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
         datamodule.prepare_data()
         datamodule.setup("fit")
         job = Job(cfg, out, datamodule, loggers, list(callbacks))
-        results = FLOWS[algorithm](job)
-        results.update(common_results(job, started))
+        job.warn_coarse_selection()
+        try:
+            results = method.run(job)
+        except TrainingDiverged as err:
+            # a failed fit is recorded as such, never as a result a report would tabulate
+            write_results(
+                out,
+                {**common_results(job, method, started), "status": "diverged", "error": str(err)},
+            )
+            raise
+        results.update(common_results(job, method, started))
         write_results(out, results)
         for split in ("val", "test"):
             log_group_tables(loggers, split, results[split], job.groups)
@@ -124,6 +138,22 @@ def single_console_log() -> None:
                 lightning_log.removeHandler(handler)
 
 
+def make_method(cfg: DictConfig) -> Method:
+    """The method of ``cfg.method`` (its ``_target_``), its config checked against the job's."""
+    target = cfg.method.get("_target_")
+    if not target:
+        raise ValueError(
+            "method has no _target_: choose a method config (method=erm, erm_easy, erm_all, jtt, "
+            "dfr or pretrained), or give method._target_=<a hsi.methods.base.Method subclass>"
+        )
+    method_class = get_class(str(target))
+    if not (isinstance(method_class, type) and issubclass(method_class, Method)):
+        raise ValueError(f"method._target_={target}: not a hsi.methods.base.Method subclass")
+    method = method_class(cfg.method)
+    method.check(cfg)
+    return method
+
+
 # --------------------------------------------------------------------------- results
 def _choice(group: str, default: str) -> str:
     """The option picked for a config group (e.g. data=hsi_v2), when Hydra runs the job."""
@@ -142,12 +172,29 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def common_results(job: Job, started: float) -> dict[str, Any]:
+def common_results(job: Job, method: Method, started: float) -> dict[str, Any]:
     cfg = job.cfg
+    dropped = getattr(job.datamodule, "dropped", None)
+    model_checkpoint = None
+    if cfg.model.get("checkpoint"):
+        path = resolve_checkpoint(
+            cfg.model.checkpoint, "model.checkpoint", ("best.ckpt", "last.ckpt")
+        )
+        model_checkpoint = checkpoint_record(path, "model.checkpoint")
     return {
         "status": "complete",
-        "method": str(cfg.method.name),
-        "algorithm": str(cfg.method.algorithm),
+        # samples left out because their assets failed (the data module warns about them)
+        "dropped_samples": {
+            "total": 0 if dropped is None else len(dropped),
+            **(
+                {}
+                if dropped is None or "split" not in dropped
+                else {str(k): int(v) for k, v in dropped["split"].value_counts().items()}
+            ),
+        },
+        "model_checkpoint": model_checkpoint,
+        "method": method.name,
+        "selects_on_val": method.selects_on_val,
         "model": str(cfg.model.name),
         "data": _choice("data", type(job.datamodule).__name__),
         "num_classes": job.num_classes,
