@@ -96,6 +96,25 @@ def test_size_and_placement_order_can_fail():
     assert not finding.holds and "16px, 24px" in finding.detail
 
 
+def test_erm_may_tie_at_the_ceiling_but_not_fall_or_stay_flat():
+    results = paper_like()
+    tied = {p: [0.5 - i / 10, 0.9 - i / 10, 0.95 - i / 10] for i, p in enumerate(PLACEMENTS)}
+    tied["CoO"] = [0.81, 0.98, 0.98]  # the two larger sizes at the ceiling
+    results["ERM"] = fake_run(0.75, 0.66, 0.57, 0.66, tied)
+    assert failing(results) == []
+    results["Pretrained"] = fake_run(0.65, 0.48, 0.16, 0.43, tied)  # the pretrained model may not
+    assert failing(results) == ["Pretrained: accuracy rises with object size in every placement"]
+
+    results = paper_like()
+    for by_size, bad in (([0.9, 0.8, 0.95], "falls"), ([0.9, 0.9, 0.9], "flat")):
+        groups = {p: [0.5 - i / 10, 0.9 - i / 10, 0.95 - i / 10] for i, p in enumerate(PLACEMENTS)}
+        groups["CeR"] = by_size
+        results["ERM"] = fake_run(0.75, 0.66, 0.57, 0.66, groups)
+        finding = next(f for f in check_findings(results) if f.claim.startswith("ERM: accuracy"))
+        assert not finding.holds, bad
+        assert "not rising: CeR" in finding.detail
+
+
 def test_missing_runs_and_metrics_are_named():
     results = paper_like()
     del results["JTT"]
