@@ -138,7 +138,7 @@ def report(paths: DemoPaths, runs: dict[str, Path]) -> str:
         res["label"] = name
     mean, _ = category_tables(results.values(), label="label")
     title = "Test accuracy (%) by category (cf. paper 000, Table 3), one seed each:"
-    parts = [format_table(mean.drop(columns="seeds"), title)]
+    parts = [format_table(mean.drop(columns="seeds").rename_axis(None), title)]
     for name in ("Pretrained", "ERM", "ERM_all"):
         title = f"{name}: test accuracy (%) of the 12 groups (cf. Tables 1 and 4):"
         parts.append(format_table(group_table(results[name]), title))
