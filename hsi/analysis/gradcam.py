@@ -229,6 +229,7 @@ def model_nodes(cfg) -> list[tuple[str, dict]]:
         elif isinstance(entry, Mapping):
             node.update(entry)
         label = node.pop("label", None)
+        node.setdefault("target_layer", None)
         if not label and node.get("checkpoint"):
             label = Path(str(node["checkpoint"])).name
         nodes.append((str(label or node["name"]), node))
@@ -271,6 +272,7 @@ def run_gradcam(cfg) -> dict:
     labels = rows["label"].to_numpy()
     cams, predictions, correct, records = {}, {}, {}, []
     for label, node in model_nodes(cfg):
+        layer = node.pop("target_layer") or cfg.gradcam.target_layer
         node = model_config(node)
         net, source_head = load_model(node, source_classes, dataset_classes)
         net = net.to(device)
@@ -286,8 +288,7 @@ def run_gradcam(cfg) -> dict:
             if target is None:
                 with torch.no_grad():
                     target = SubsetHead(net, columns)(x).argmax(dim=1).cpu().numpy()
-            m, p = cam_maps(net, x, target, cfg.gradcam.target_layer, str(cfg.gradcam.method),
-                            columns)  # fmt: skip
+            m, p = cam_maps(net, x, target, layer, str(cfg.gradcam.method), columns)
             maps.append(m)
             predicted.append(p)
         maps_all, predicted_all = np.concatenate(maps), np.concatenate(predicted)
