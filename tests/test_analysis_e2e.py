@@ -143,7 +143,8 @@ def test_background_accuracy_above_chance_and_the_fig3_table(world):
     assert pairs["bg_wnid"].tolist() == ranked[:2]  # the most spurious backgrounds
     assert sorted(pairs["fg_wnid"]) == sorted(ranked[2:])
     built = out / "hsi_v2"
-    assert read_pairs_csv(built / "pairs.csv") == dict(zip(pairs["fg_wnid"], pairs["bg_wnid"]))
+    expected = dict(zip(pairs["fg_wnid"], pairs["bg_wnid"], strict=True))
+    assert read_pairs_csv(built / "pairs.csv") == expected
     recipe = pd.read_csv(built / "recipe.csv", dtype=str)
     assert set(recipe["wnid"]) == set(pairs["fg_wnid"])
     assert result["build"].failed == 0

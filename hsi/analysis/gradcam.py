@@ -118,7 +118,7 @@ def cam_maps(
 
     `targets` are dataset labels (after the subset head, if `columns`).
     """
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, EigenCAM, XGradCAM, LayerCAM
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     methods = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
@@ -252,8 +252,13 @@ def run_gradcam(cfg) -> dict:
     composer = Composer.from_output(cfg.data.generate.out)
     recipe = composer.recipe
     split = str(cfg.gradcam.split)
-    names = dict(zip(recipe["label"], recipe["wnid"], strict=False))
-    source_classes = len(load_source(cfg.data.generate.source).wnids)
+    index = load_source(cfg.data.generate.source)
+    class_name = {c.wnid: c.name for c in index.classes}
+    names = {int(k): class_name.get(w, w) for k, w in zip(recipe["label"], recipe["wnid"], strict=False)}
+    source_classes = len(index.wnids)
+    target_kind = str(cfg.gradcam.target).lower()
+    if target_kind not in ("true", "predicted"):
+        raise ValueError(f"gradcam.target={cfg.gradcam.target!r}: expected true or predicted")
     dataset_classes = int(recipe["label"].nunique())
     device = pick_device(str(cfg.device))
     shown = chosen_images(recipe, split, int(cfg.gradcam.images), int(cfg.seed),
@@ -283,9 +288,8 @@ def run_gradcam(cfg) -> dict:
         for start in range(0, len(images), int(cfg.batch_size)):
             chunk = slice(start, start + int(cfg.batch_size))
             x = torch.stack([transform(im) for im in images[chunk]]).to(device)
-            target = labels[chunk] if cfg.gradcam.target is True or cfg.gradcam.target == "true" \
-                else None
-            if target is None:
+            target = labels[chunk]
+            if target_kind == "predicted":
                 with torch.no_grad():
                     target = SubsetHead(net, columns)(x).argmax(dim=1).cpu().numpy()
             m, p = cam_maps(net, x, target, layer, str(cfg.gradcam.method), columns)
