@@ -45,7 +45,7 @@ def pairs_table(accuracy: pd.DataFrame, count: int) -> pd.DataFrame:
 
 
 def v2_generate_config(cfg: DictConfig, accuracy_csv: Path, count: int) -> DictConfig:
-    """The generation config of the v2 build: the analysed data's, with pairs from `accuracy_csv`."""
+    """The v2 build's generation config: the analysed data's, pairs from `accuracy_csv`."""
     generate = generation_settings(cfg.data.generate)
     generate.dataset.name = "hsi_v2"
     generate.dataset.classes = None

@@ -28,7 +28,11 @@ from hsi.io import atomic_write_csv
 CORRELATION_FILE = "correlation.csv"
 FIGURE_FILE = "fig3_correlation.png"
 SCORES = ("center_score", "size_score", "product")
-SCORE_LABELS = {"center_score": "centre score", "size_score": "size score", "product": "centre × size"}
+SCORE_LABELS = {
+    "center_score": "centre score",
+    "size_score": "size score",
+    "product": "centre × size",
+}
 MIN_POINTS = 3
 
 

@@ -179,7 +179,8 @@ def plot_grid(
         axes[i, 0].imshow(image)
         axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
         for j, name in enumerate(models, start=1):
-            overlay = show_cam_on_image(image.astype(np.float32) / 255.0, cams[name][i], use_rgb=True)
+            rgb = image.astype(np.float32) / 255.0
+            overlay = show_cam_on_image(rgb, cams[name][i], use_rgb=True)
             axes[i, j].imshow(overlay)
             axes[i, j].set_title(
                 predictions[name][i], fontsize=7, color="green" if correct[name][i] else "red"
@@ -254,7 +255,8 @@ def run_gradcam(cfg) -> dict:
     split = str(cfg.gradcam.split)
     index = load_source(cfg.data.generate.source)
     class_name = {c.wnid: c.name for c in index.classes}
-    names = {int(k): class_name.get(w, w) for k, w in zip(recipe["label"], recipe["wnid"], strict=False)}
+    labelled = zip(recipe["label"], recipe["wnid"], strict=True)
+    names = {int(k): class_name.get(w, w) for k, w in labelled}
     source_classes = len(index.wnids)
     target_kind = str(cfg.gradcam.target).lower()
     if target_kind not in ("true", "predicted"):
@@ -325,8 +327,8 @@ def run_gradcam(cfg) -> dict:
     if records:
         shares = pd.DataFrame(records)
         summary = (
-            shares.groupby(["model", "group_id", "group"], sort=True)[["cam_in_box", "box_fraction"]]
-            .mean()
+            shares.groupby(["model", "group_id", "group"], sort=True)
+            .agg(cam_in_box=("cam_in_box", "mean"), box_fraction=("box_fraction", "mean"))
             .reset_index()
         )
         result.update(
