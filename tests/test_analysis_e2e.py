@@ -41,6 +41,7 @@ def keys(tmp: Path) -> list[str]:
         "data.generate.dataset.counts.train.hard=1",
         "data.generate.dataset.counts.val=1",
         "data.generate.dataset.counts.test=3",
+        "data.generate.dataset.replacement=true",  # 16 train images per class, 24 needed
         f"data.generate.source.root={tmp / 'source'}",
         f"data.generate.source.num_classes={CLASSES}",
         "data.generate.source.train_per_class=16",
@@ -136,7 +137,7 @@ def test_background_accuracy_above_chance_and_the_fig3_table(world):
     # automatic v2: the same table -> the paper's rule -> pairs -> a built v2 dataset
     cfg = analyze_cfg(
         tmp, "model=resnet10t", f"model.checkpoint={ckpt}", f"out={out}", "tasks=[v2_pairs]",
-        "v2.count=2", "data.generate.dataset.replacement=true",  # 16 train images per class
+        "v2.count=2",
     )  # fmt: skip
     result = run_tasks(cfg)["v2_pairs"]
     ranked = table.sort_values(["accuracy", "wnid"], ascending=[False, True])["wnid"].tolist()
@@ -169,15 +170,16 @@ def test_gradcam_grid_and_object_models_look_at_the_object(world):
     )
     cfg = analyze_cfg(
         tmp, "model=resnet10t", f"out={out}", "tasks=[gradcam]", models, "gradcam.images=1",
-        "gradcam.share_images=3",
+        "gradcam.share_images=12", "gradcam.target=predicted",
     )  # fmt: skip
     result = run_tasks(cfg)["gradcam"]
     with Image.open(result["grid"]) as grid:
         assert grid.width > grid.height / 12  # 12 rows, 4 columns (input + 3 models)
     shares = pd.read_csv(out / "cam_in_box.csv")
     assert set(shares["model"]) == {"objects", "backgrounds", "vit"}
-    assert len(shares) == 3 * 3 * CLASSES * 12  # models x images x classes x groups
-    assert shares["cam_in_box"].between(0, 1).all()
+    assert len(shares) == 3 * 12 * 12  # models x images (all test images) x groups
+    measured = shares["cam_in_box"].dropna()  # NaN: a map zero everywhere
+    assert len(measured) > len(shares) / 2 and measured.between(0, 1).all()
     groups = pd.read_csv(out / "cam_in_box_groups.csv")
     assert len(groups) == 3 * 12
     mean = shares.groupby("model")["cam_in_box"].mean()
