@@ -1,4 +1,4 @@
-"""The 12 groups of Hard-Spurious-ImageNet and their Easy/Medium/Hard categories (SPEC §4).
+"""The 12 groups of Hard-Spurious-ImageNet and their Easy/Medium/Hard categories (paper 000, §4).
 
 Sizes are given small→large; the paper's 56/84/112 at 224 are 1/4, 3/8, 1/2 of the side, and the
 category of a group depends on the size's rank, so any resolution keeps the paper's mapping.

@@ -1,4 +1,4 @@
-"""GroupAccuracy and group_metrics against counts worked out by hand (SPEC §4, §8)."""
+"""GroupAccuracy and group_metrics against counts worked out by hand (paper 000, §4; docs/papers.md)."""
 
 import math
 

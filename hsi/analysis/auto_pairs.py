@@ -8,7 +8,7 @@
       -> `dataset.pairs_from=<run folder>/background_accuracy.csv` and, with `v2.build=true`,
          the v2 build itself (hsi.generate.build.run_build, the code of `hsi-generate build`).
 
-docs/_parts/analysis.md says how this reads the paper and where the paper is ambiguous.
+docs/analysis.md says how this reads the paper and where the paper is ambiguous.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Figures of the centre and size bias scores (SPEC §2; paper "Corner Cases" Fig. 2, 4 and 11).
+"""Figures of the centre and size bias scores (paper 000, §3: Figs. 2, 4 and 11).
 
 * `plot_center_vs_size`: one point per class, centre score against size score, the extreme classes
   named (Fig. 2 left).

@@ -1,4 +1,4 @@
-"""The image transforms of the paper (SPEC §5-6), built from torchvision.
+"""The image transforms of the paper (paper 000, §5 and App. F), built from torchvision.
 
 Training (`augment="paper"`): RandomResizedCrop to the resolution with aspect ratio in
 (0.75, 4/3), then a horizontal flip. Evaluation: Hard-Spurious-ImageNet samples are already
@@ -56,7 +56,7 @@ def train_transform(
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(mean, std),
-    ])  # fmt: skip
+    ])
 
 
 def apply_seeded(transform: Callable, image, seed: int | None):
