@@ -2,7 +2,7 @@
 
 Every step is one of the project's own commands, printed before it runs, so the demo doubles as
 a walk-through. Settings are the `demo_*` experiments (conf/experiment/; their deviations from
-the paper's recipe and the reasons are in docs/_parts/demo.md): 10 classes, 64 px images, object
+the paper's recipe and the reasons are in docs/demo.md): 10 classes, 64 px images, object
 sizes 16/24/32, resnet18 on the CPU. A step whose results already exist is skipped, so a rerun
 (or a run after an interruption) resumes where the last one stopped. The demo ends by checking
 paper 000's findings (hsi.findings) on its own results.
@@ -57,6 +57,18 @@ class DemoPaths:
     @property
     def embeddings(self) -> Path:
         return self.out / "cache" / "embeddings"
+
+    @property
+    def benchmark(self) -> Path:
+        return self.out / "benchmark"
+
+    @property
+    def analysis(self) -> Path:
+        return self.out / "analysis"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report"
 
     def hsi_keys(self) -> list[str]:
         """The overrides that point an HSI run at this demo's source and dataset."""
@@ -131,6 +143,56 @@ def run_all(paths: DemoPaths) -> dict[str, Path]:
     return runs
 
 
+# hsi-analyze has no experiment group (demo_hsi also sets method and trainer): the demo dataset's
+# keys, as in conf/experiment/demo_hsi.yaml, spelled out.
+DATASET_KEYS = [
+    "data.generate.dataset.resolution=64",
+    "data.generate.dataset.counts.train.easy=16",
+    "data.generate.dataset.counts.train.medium=4",
+    "data.generate.dataset.counts.train.hard=4",
+    "data.generate.dataset.counts.val=4",
+    "data.generate.dataset.counts.test=10",
+]
+
+
+def analyse_and_report(paths: DemoPaths, runs: dict[str, Path]) -> None:
+    """Background reliance (Fig. 3), a Grad-CAM grid, the benchmark row of the source model and
+    hsi-report over every run: the tables and figures as files."""
+    data = [*paths.hsi_keys(), *(f"data.generate.source.{k}" for k in SOURCE_KEYS), *DATASET_KEYS]
+    source = runs["source"]
+    run(
+        "hsi-analyze",
+        *data,
+        f"model.checkpoint={source}",
+        "tasks=[background,correlation]",
+        f"correlation.scores={paths.scores / 'scores.csv'}",
+        f"hydra.run.dir={paths.analysis}",
+    )
+    # resnet18's layer4 is 2x2 at 64 px: every centred box would get its area's share
+    models = ",".join(str(runs[name]) for name in ("source", "ERM", "ERM_all"))
+    run(
+        "hsi-analyze",
+        *data,
+        "tasks=[gradcam]",
+        "gradcam.target_layer=layer3",
+        "gradcam.share_images=10",
+        f"gradcam.models=[{models}]",
+        f"hydra.run.dir={paths.analysis / 'gradcam'}",
+    )
+    bench = paths.benchmark / "resnet18"
+    if not (bench / RESULTS_FILE).is_file():
+        run(
+            "hsi-benchmark",
+            "experiment=benchmark_demo",
+            *paths.hsi_keys(),
+            f"model.checkpoint={source}",
+            "label=resnet18",
+            f"hydra.run.dir={bench}",
+        )
+    table_runs = [str(runs[name]) for name in runs if name != "source"]
+    run("hsi-report", *table_runs, str(bench), f"out={paths.report}", "print=[table5,table3]")
+
+
 def report(paths: DemoPaths, runs: dict[str, Path]) -> str:
     """The paper-style tables and the findings check, as printed at the end of the demo."""
     results = {name: read_results(folder) for name, folder in runs.items() if name != "source"}
@@ -154,14 +216,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.time()
     print("hsi demo: synthetic source -> bias scores -> Hard-Spurious-ImageNet (64 px) ->")
-    print("source-pretrained resnet18 -> ERM, ERM_all, JTT, DFR -> paper-style tables")
+    print("source-pretrained resnet18 -> ERM, ERM_all, JTT, DFR -> Fig. 3, Grad-CAM -> hsi-report")
     runs = run_all(paths)
+    analyse_and_report(paths, runs)
     print("\n" + "=" * 78)
     print(report(paths, runs))
     print(f"\nOutputs under {paths.out.resolve()}:")
     print(f"  bias scores and figures  {paths.scores}")
     print(f"  the dataset              {paths.hsi} (recipe.csv, assets/, manifest/)")
     print(f"  runs                     {paths.runs}/<name>/results.json, checkpoints/, csv/")
+    print(f"  background reliance      {paths.analysis} (Fig. 3), {paths.analysis / 'gradcam'}")
+    print(f"  tables and figures       {paths.report} (Markdown, CSV, LaTeX, PNG, PDF)")
     print(f"demo finished in {time.time() - started:.0f} s")
 
 
