@@ -128,17 +128,29 @@ def main() -> None:
         print(f"== hsi-generate benchmark: synthetic source, {k} classes, {RESOLUTION} px ==")
         # 1. calls per image and loads per worker, with a model to load
         checkpoint = tiny_lama(workdir / "tiny-lama.pt")
-        lama = run_build(make_cfg(overrides(
-            workdir, workdir / "lama", k, 1, "workers=2", "inpaint=lama", f"inpaint.checkpoint={checkpoint}"
-        )))  # fmt: skip
+        lama = run_build(
+            make_cfg(
+                overrides(
+                    workdir,
+                    workdir / "lama",
+                    k,
+                    1,
+                    "workers=2",
+                    "inpaint=lama",
+                    f"inpaint.checkpoint={checkpoint}",
+                )
+            )
+        )
         images = sum(c["images"] for c in lama.workers.values())
         calls = sum(c["inpaint_calls"] for c in lama.workers.values())
         print(
             f"inpainting calls per source image: {calls / images:.3f}  ({calls} calls, {images} images)"
         )
         for pid, c in sorted(lama.workers.items()):
-            print(f"model loads in worker {pid}: inpainter {c['inpaint_loads']}, masker {c['mask_loads']} "
-                  f"({c['images']} images)")  # fmt: skip
+            print(
+                f"model loads in worker {pid}: inpainter {c['inpaint_loads']}, masker {c['mask_loads']} "
+                f"({c['images']} images)"
+            )
 
         # 2. speed-up of 2 workers over 1 (OpenCV inpainting, the default), same 4N build
         seconds = {}
@@ -147,15 +159,19 @@ def main() -> None:
             start = time.perf_counter()
             summary = run_build(make_cfg(overrides(workdir, out, k, 4, f"workers={workers}")))
             seconds[workers] = time.perf_counter() - start
-            print(f"build of {summary.items} images with {workers} worker(s): {seconds[workers]:.2f} s "
-                  f"({1000 * seconds[workers] / summary.items:.1f} ms/image, process start included)")  # fmt: skip
+            print(
+                f"build of {summary.items} images with {workers} worker(s): {seconds[workers]:.2f} s "
+                f"({1000 * seconds[workers] / summary.items:.1f} ms/image, process start included)"
+            )
         print(f"speed-up of 2 workers over 1: {seconds[1] / seconds[2]:.2f}x")
 
         # 3. peak RSS for N and 4N images, each in a fresh process
         for scale in (1, 4):
             r = peak_rss(overrides(workdir, workdir / f"rss-{scale}", k, scale))
-            print(f"peak RSS, build of {r['images']} images (workers=1): {r['peak_kib'] / 1024:.0f} MiB "
-                  f"({r['seconds']:.1f} s)")  # fmt: skip
+            print(
+                f"peak RSS, build of {r['images']} images (workers=1): {r['peak_kib'] / 1024:.0f} MiB "
+                f"({r['seconds']:.1f} s)"
+            )
 
         # 4. composing on the fly vs reading an exported JPEG, same transforms after either
         built = workdir / "speed-w1"
@@ -163,12 +179,14 @@ def main() -> None:
             make_cfg(overrides(workdir, built, k, 4, "export.format=jpeg", "export.quality=95"))
         )
         exported = workdir / "speed-w1" / "export"
-        transform = transforms.Compose([
-            transforms.RandomResizedCrop(RESOLUTION, ratio=(0.75, 4 / 3)),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ])  # fmt: skip
+        transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(RESOLUTION, ratio=(0.75, 4 / 3)),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            ]
+        )
         import pandas as pd
 
         rows = pd.read_csv(exported / "metadata.csv").to_dict("records")
@@ -180,8 +198,10 @@ def main() -> None:
             jpeg = per_sample_seconds(
                 lambda r: Image.open(exported / r["path"]).convert("RGB"), rows, transform
             )
-            print(f"per sample, asset cache {cache:>3}: compose {1e6 * on_the_fly:.0f} us, exported JPEG "
-                  f"{1e6 * jpeg:.0f} us, ratio compose/JPEG {on_the_fly / jpeg:.2f} ({len(rows)} samples)")  # fmt: skip
+            print(
+                f"per sample, asset cache {cache:>3}: compose {1e6 * on_the_fly:.0f} us, exported JPEG "
+                f"{1e6 * jpeg:.0f} us, ratio compose/JPEG {on_the_fly / jpeg:.2f} ({len(rows)} samples)"
+            )
 
 
 if __name__ == "__main__":

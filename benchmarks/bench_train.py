@@ -61,8 +61,12 @@ def plain_fit(model: torch.nn.Module, loader: DataLoader, epochs: int) -> float:
 def lightning_fit(model: torch.nn.Module, loader: DataLoader, epochs: int) -> float:
     module = ERMModule(
         model=model,
-        optimizer={"_target_": "torch.optim.SGD", "lr": LR, "momentum": MOMENTUM,
-                   "weight_decay": WEIGHT_DECAY},
+        optimizer={
+            "_target_": "torch.optim.SGD",
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "weight_decay": WEIGHT_DECAY,
+        },
     )
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -116,8 +120,10 @@ def main() -> None:
     initial = create_model(args.model, args.classes)
     loader = make_loader(args.samples, args.resolution, args.classes, args.batch_size, args.seed)
     steps = args.epochs * len(loader)
-    print(f"{args.model}, {args.samples} images {args.resolution}px, batch {args.batch_size}, "
-          f"{args.epochs} epochs = {steps} steps, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"{args.model}, {args.samples} images {args.resolution}px, batch {args.batch_size}, "
+        f"{args.epochs} epochs = {steps} steps, {torch.get_num_threads()} threads"
+    )
     warm_up(initial, loader)
 
     plain = plain_fit(copy.deepcopy(initial), loader, args.epochs)

@@ -153,9 +153,12 @@ class WandbGroupCurves(Callback):
 
         names = [n for n in self.names if all(v is not None for v in self.values[n])]
         chart = wandb.plot.line_series(
-            xs=self.epochs, ys=[self.values[n] for n in names], keys=names,
-            title="validation accuracy per group", xname="epoch",
-        )  # fmt: skip
+            xs=self.epochs,
+            ys=[self.values[n] for n in names],
+            keys=names,
+            title="validation accuracy per group",
+            xname="epoch",
+        )
         for run in runs:
             run.log({"val/group_curves": chart})
 

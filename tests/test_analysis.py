@@ -73,12 +73,14 @@ def test_undefined_correlations_are_nan_with_a_warning(x, y, n):
 
 def test_the_fig3_table_joins_classes_and_multiplies_the_scores():
     accuracy = pd.DataFrame({"wnid": ["a", "b", "c", "d"], "accuracy": [0.9, 0.5, 0.4, 0.1]})
-    scores = pd.DataFrame({
-        "wnid": ["a", "b", "c", "d", "a"],
-        "split": ["val", "val", "val", "val", "train"],
-        "center_score": [0.1, 0.2, 0.3, 0.4, 9.0],
-        "size_score": [1.0, 1.0, 1.0, 1.0, 9.0],
-    })  # fmt: skip
+    scores = pd.DataFrame(
+        {
+            "wnid": ["a", "b", "c", "d", "a"],
+            "split": ["val", "val", "val", "val", "train"],
+            "center_score": [0.1, 0.2, 0.3, 0.4, 9.0],
+            "size_score": [1.0, 1.0, 1.0, 1.0, 9.0],
+        }
+    )
     table = joined(accuracy, scores, "val")
     assert table["product"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
     with warnings.catch_warnings(record=True) as caught:
@@ -127,8 +129,9 @@ def test_box_share_is_the_energy_inside():
 
 
 def tiny_vit() -> nn.Module:
-    return timm.create_model("vit_tiny_patch16_224", img_size=RES, patch_size=8,
-                             num_classes=CLASSES, depth=2)  # fmt: skip
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=RES, patch_size=8, num_classes=CLASSES, depth=2
+    )
 
 
 def test_target_layers_per_architecture_and_override():

@@ -111,9 +111,12 @@ def test_background_accuracy_above_chance_and_the_fig3_table(world):
     ckpt = save(fit(world["whole"], world["labels"], 30, seed=0), tmp / "whole.ckpt")
     out = tmp / "bg_run"
     cfg = analyze_cfg(
-        tmp, "model=resnet10t", f"model.checkpoint={ckpt}", f"out={out}",
+        tmp,
+        "model=resnet10t",
+        f"model.checkpoint={ckpt}",
+        f"out={out}",
         "tasks=[background,correlation]",
-    )  # fmt: skip
+    )
     done = run_tasks(cfg)
     table = pd.read_csv(out / "background_accuracy.csv", dtype={"wnid": str})
     assert len(table) == CLASSES and (table["images"] == 4).all()
@@ -136,9 +139,13 @@ def test_background_accuracy_above_chance_and_the_fig3_table(world):
 
     # automatic v2: the same table -> the paper's rule -> pairs -> a built v2 dataset
     cfg = analyze_cfg(
-        tmp, "model=resnet10t", f"model.checkpoint={ckpt}", f"out={out}", "tasks=[v2_pairs]",
+        tmp,
+        "model=resnet10t",
+        f"model.checkpoint={ckpt}",
+        f"out={out}",
+        "tasks=[v2_pairs]",
         "v2.count=2",
-    )  # fmt: skip
+    )
     result = run_tasks(cfg)["v2_pairs"]
     ranked = table.sort_values(["accuracy", "wnid"], ascending=[False, True])["wnid"].tolist()
     pairs = result["pairs"]
@@ -169,9 +176,15 @@ def test_gradcam_grid_and_object_models_look_at_the_object(world):
         "patch_size: 8, depth: 2}]"
     )
     cfg = analyze_cfg(
-        tmp, "model=resnet10t", f"out={out}", "tasks=[gradcam]", models, "gradcam.images=1",
-        "gradcam.share_images=12", "gradcam.target=predicted",
-    )  # fmt: skip
+        tmp,
+        "model=resnet10t",
+        f"out={out}",
+        "tasks=[gradcam]",
+        models,
+        "gradcam.images=1",
+        "gradcam.share_images=12",
+        "gradcam.target=predicted",
+    )
     result = run_tasks(cfg)["gradcam"]
     with Image.open(result["grid"]) as grid:
         assert grid.width > grid.height / 12  # 12 rows, 4 columns (input + 3 models)

@@ -103,10 +103,19 @@ def test_counts_and_categories_per_split(recipe):
     # paper 000, §4, by size rank (16/24/32): Easy = own background at the two larger sizes, Hard =
     # random background at the two smaller, Medium the rest.
     expected = {
-        "CeO_16": "medium", "CoO_16": "medium", "CeR_16": "hard", "CoR_16": "hard",
-        "CeO_24": "easy", "CoO_24": "easy", "CeR_24": "hard", "CoR_24": "hard",
-        "CeO_32": "easy", "CoO_32": "easy", "CeR_32": "medium", "CoR_32": "medium",
-    }  # fmt: skip
+        "CeO_16": "medium",
+        "CoO_16": "medium",
+        "CeR_16": "hard",
+        "CoR_16": "hard",
+        "CeO_24": "easy",
+        "CoO_24": "easy",
+        "CeR_24": "hard",
+        "CoR_24": "hard",
+        "CeO_32": "easy",
+        "CoO_32": "easy",
+        "CeR_32": "medium",
+        "CoR_32": "medium",
+    }
     assert dict(zip(recipe["group"], recipe["category"], strict=True)) == expected
     train = recipe[recipe["split"] == "train"]
     per_group = train.groupby(["wnid", "group"]).size().unstack("group")
@@ -189,8 +198,13 @@ def test_v2_pairs_explicit_and_from_an_accuracy_table(source_root, tmp_path):
     with pytest.raises(ValueError, match="dataset.pairs_from"):
         run_build(paper)
     assert not (tmp_path / "paper" / "config.yaml").exists()
-    fixed = make_cfg(tmp_path / "paper", source_root, "dataset=v2", "dataset.classes=null",
-                     f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}")  # fmt: skip
+    fixed = make_cfg(
+        tmp_path / "paper",
+        source_root,
+        "dataset=v2",
+        "dataset.classes=null",
+        f"dataset.pairs={{{C0}: {C2}, {C1}: {C2}}}",
+    )
     assert make_recipe(fixed, index) is not None and run_build(fixed).failed == 0
 
 
@@ -424,8 +438,9 @@ def test_export_jpeg(reference, source_root, recipe, tmp_path):
         decoded = np.asarray(im).astype(int)
     assert np.abs(decoded - compose_sample(row, reference, 64).astype(int)).mean() < 8
     # another quality into the same folder would keep the first run's files: refused
-    other = make_cfg(reference, source_root, f"export.dir={dest}", "export.format=jpeg",
-                     "export.quality=10")  # fmt: skip
+    other = make_cfg(
+        reference, source_root, f"export.dir={dest}", "export.format=jpeg", "export.quality=10"
+    )
     with pytest.raises(ValueError, match="export.json exists and differs"):
         run_export(other)
 

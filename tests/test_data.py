@@ -304,8 +304,15 @@ def test_lightning_fit_draws_the_sampler_epoch_by_epoch(built):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     dm, probe = make_module(built[0], sampling="balanced"), Probe()
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
     trainer.fit(probe, datamodule=dm)
     data = dm.dataset("train", train_transforms=True)
     sampler = dm.train_sampler(data)

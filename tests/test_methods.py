@@ -86,14 +86,22 @@ def loader(x, y, g, batch_size=16, shuffle=False):
 def hand_group_metrics(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> dict[str, float]:
     """Pooled, per-group and worst-group accuracy, counted directly."""
     per_group = {GROUPS[i].name: float((pred[g == i] == y[g == i]).mean()) for i in np.unique(g)}
-    return {"acc": float((pred == y).mean()), "worst_group_acc": min(per_group.values()),
-            **{f"group/{k}": v for k, v in per_group.items()}}  # fmt: skip
+    return {
+        "acc": float((pred == y).mean()),
+        "worst_group_acc": min(per_group.values()),
+        **{f"group/{k}": v for k, v in per_group.items()},
+    }
 
 
 def trainer(tmp_path, **kw):
     kw.setdefault("logger", CSVLogger(tmp_path, name="run"))
-    return L.Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
-                     enable_checkpointing=False, **kw)  # fmt: skip
+    return L.Trainer(
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **kw,
+    )
 
 
 # =========================================================================== ERM
@@ -121,9 +129,19 @@ def test_erm_fit_lowers_loss_and_logs_group_metrics(tmp_path):
     expected = hand_group_metrics(pred, yv.numpy(), gv.numpy())
 
     rows = pd.read_csv(Path(t.logger.log_dir) / "metrics.csv")
-    for name in ("val/acc", "val/worst_group_acc", "val/mean_group_acc", "val/acc_easy", "val/acc_medium",
-                 "val/acc_hard", "val/acc_size_16", "val/group/CeO_16", "val/group/CoR_32", "train/loss_epoch",
-                 "train/acc"):  # fmt: skip
+    for name in (
+        "val/acc",
+        "val/worst_group_acc",
+        "val/mean_group_acc",
+        "val/acc_easy",
+        "val/acc_medium",
+        "val/acc_hard",
+        "val/acc_size_16",
+        "val/group/CeO_16",
+        "val/group/CoR_32",
+        "train/loss_epoch",
+        "train/acc",
+    ):
         assert name in rows.columns, name
     last_val = rows.dropna(subset=["val/acc"]).iloc[-1]
     assert (
@@ -282,8 +300,13 @@ def test_compute_error_set_uses_eval_mode_and_restores_it():
 
 
 def test_jtt_module_records_its_recipe():
-    module = JTTModule(model=TinyNet(), groups=SIZES, lambda_up=20, stage1_checkpoint="runs/erm/epoch=3.ckpt",
-                       error_set={"size": 7})  # fmt: skip
+    module = JTTModule(
+        model=TinyNet(),
+        groups=SIZES,
+        lambda_up=20,
+        stage1_checkpoint="runs/erm/epoch=3.ckpt",
+        error_set={"size": 7},
+    )
     hp = module.hparams
     assert (hp["method"], hp["lambda_up"], hp["stage1_checkpoint"], hp["error_set"]) == (
         "jtt",
@@ -305,8 +328,10 @@ def test_extract_embeddings_in_eval_mode():
     assert net.training
     with torch.no_grad():
         bn = net.body[1]
-        expected = torch.relu((net.body[0](x) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
-                              * bn.weight + bn.bias)  # fmt: skip
+        expected = torch.relu(
+            (net.body[0](x) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight
+            + bn.bias
+        )
     assert X.dtype == np.float32 and X.shape == (20, 6)
     np.testing.assert_allclose(X, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert Y.tolist() == y.tolist() and G.tolist() == g.tolist()
@@ -467,8 +492,9 @@ def test_dfr_module_tests_on_embeddings_with_val_statistics(tmp_path):
     X_test, y_test = blobs(96, seed=2)
     X_test[:, 0] += 3.0  # test statistics differ: the val ones must be used
     g_test = np.arange(96) % 12
-    logged = trainer(tmp_path, logger=False).test(module, embedding_loader(X_test, y_test, g_test, 40),
-                                                  verbose=False)[0]  # fmt: skip
+    logged = trainer(tmp_path, logger=False).test(
+        module, embedding_loader(X_test, y_test, g_test, 40), verbose=False
+    )[0]
     with torch.no_grad():
         pred = (
             linear(torch.as_tensor(scaler.transform(X_test), dtype=torch.float32)).argmax(1).numpy()
@@ -493,13 +519,19 @@ def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     )
     assert module.hparams["variant"] == "official" and module.hparams["chosen_C"] in (1.0, 0.1)
     paper = PaperRecipe(epochs=5, lr=1.0, l2=1.0)
-    module = paper.fit(embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt",
-                       method="dfr")
-    assert module.hparams["variant"] == "paper" and paper.record() == {"epochs": 5, "lr": 1.0, "l2": 1.0}
+    module = paper.fit(
+        embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
+    )
+    assert module.hparams["variant"] == "paper" and paper.record() == {
+        "epochs": 5,
+        "lr": 1.0,
+        "l2": 1.0,
+    }
     with pytest.raises(ValueError, match="method.variant.*scaler_on"):
         OfficialRecipe(scaler_on="test")
     with pytest.raises(ValueError, match="method.variant.*lr > 0"):
         PaperRecipe(lr=0)
     with pytest.raises(ValueError, match="method.variant.lr or method.variant.l2"):
-        PaperRecipe(lr=1.0, l2=1e6).fit(embeddings, num_classes=3, groups=SIZES, seed=0,
-                                         checkpoint="erm.ckpt", method="dfr")
+        PaperRecipe(lr=1.0, l2=1e6).fit(
+            embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
+        )

@@ -50,8 +50,10 @@ def test_select_pairs_by_hand():
 
 def test_select_pairs_with_exclude_and_spare_backgrounds():
     assert list(select_pairs(ACCURACY, n_fg=3, n_bg=3, exclude=["n0h"]).items()) == [
-        ("n0e", "n0a"), ("n0d", "n0b"), ("n0f", "n0c"),
-    ]  # fmt: skip
+        ("n0e", "n0a"),
+        ("n0d", "n0b"),
+        ("n0f", "n0c"),
+    ]
     # Like the paper (11 spurious named, 10 used): the extra background stays unpaired.
     assert select_pairs(ACCURACY, n_fg=2, n_bg=3) == {"n0e": "n0h", "n0d": "n0a"}
 

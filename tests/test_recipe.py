@@ -18,10 +18,19 @@ SMALL = RecipeCounts(train_easy=3, train_medium=2, train_hard=1, val=2, test=4)
 
 # paper 000, §4, written out for 56/84/112: Easy = CeO/CoO at 84, 112; Hard = CeR/CoR at 56, 84.
 EXPECTED_CATEGORY = {
-    "CeO_56": "medium", "CoO_56": "medium", "CeR_56": "hard", "CoR_56": "hard",
-    "CeO_84": "easy", "CoO_84": "easy", "CeR_84": "hard", "CoR_84": "hard",
-    "CeO_112": "easy", "CoO_112": "easy", "CeR_112": "medium", "CoR_112": "medium",
-}  # fmt: skip
+    "CeO_56": "medium",
+    "CoO_56": "medium",
+    "CeR_56": "hard",
+    "CoR_56": "hard",
+    "CeO_84": "easy",
+    "CoO_84": "easy",
+    "CeR_84": "hard",
+    "CoR_84": "hard",
+    "CeO_112": "easy",
+    "CoO_112": "easy",
+    "CeR_112": "medium",
+    "CoR_112": "medium",
+}
 
 
 def make_index(
@@ -40,10 +49,18 @@ def make_index(
         nt = n_train[c.wnid] if isinstance(n_train, dict) else n_train
         nv = n_val[c.wnid] if isinstance(n_val, dict) else n_val
         for n in range(nt + unboxed):
-            records.append(ImageRecord(
-                f"{c.wnid}_{n}", "train", c.wnid, c.index, f"train/{c.wnid}/{c.wnid}_{n}.JPEG",
-                120, 90, BOX if n < nt else (),
-            ))  # fmt: skip
+            records.append(
+                ImageRecord(
+                    f"{c.wnid}_{n}",
+                    "train",
+                    c.wnid,
+                    c.index,
+                    f"train/{c.wnid}/{c.wnid}_{n}.JPEG",
+                    120,
+                    90,
+                    BOX if n < nt else (),
+                )
+            )
         for _ in range(nv):
             val_id += 1
             name = f"ILSVRC2012_val_{val_id:08d}"
@@ -70,9 +87,23 @@ def paper_recipe(paper_index) -> pd.DataFrame:
 
 def test_columns_and_row_order(paper_recipe):
     assert list(paper_recipe.columns) == [
-        "sample_id", "split", "label", "wnid", "source_label", "group_id", "group", "placement",
-        "size", "position", "background", "category", "fg_image", "bg_image", "bg_wnid", "reused",
-    ]  # fmt: skip
+        "sample_id",
+        "split",
+        "label",
+        "wnid",
+        "source_label",
+        "group_id",
+        "group",
+        "placement",
+        "size",
+        "position",
+        "background",
+        "category",
+        "fg_image",
+        "bg_image",
+        "bg_wnid",
+        "reused",
+    ]
     assert paper_recipe["sample_id"].is_unique
     split_rank = paper_recipe["split"].map({"train": 0, "val": 1, "test": 2})
     k = paper_recipe["sample_id"].str.rsplit("-", n=1).str[1].astype(int)
@@ -102,11 +133,15 @@ def test_paper_counts_per_class(paper_recipe):
 def test_labels_and_source_labels(paper_recipe):
     # Recipe labels follow the sorted selected wnids; source labels are the source's own (100 + 7i).
     assert dict(zip(paper_recipe["wnid"], paper_recipe["label"], strict=True)) == {
-        "n00000010": 0, "n00000020": 1, "n00000030": 2,
-    }  # fmt: skip
+        "n00000010": 0,
+        "n00000020": 1,
+        "n00000030": 2,
+    }
     assert dict(zip(paper_recipe["wnid"], paper_recipe["source_label"], strict=True)) == {
-        "n00000010": 100, "n00000020": 107, "n00000030": 114,
-    }  # fmt: skip
+        "n00000010": 100,
+        "n00000020": 107,
+        "n00000030": 114,
+    }
 
 
 def test_group_columns_follow_spec(paper_recipe):
@@ -125,9 +160,19 @@ def test_small_counts_at_64px():
     recipe = build_recipe(index, seed=0, resolution=64, counts=SMALL)
     per_group = recipe[recipe["wnid"] == "n00000020"].groupby(["split", "group"]).size()
     expected_train = {  # medium 2, hard 1, easy 3 (sizes 16/24/32 at 64 px)
-        "CeO_16": 2, "CoO_16": 2, "CeR_16": 1, "CoR_16": 1, "CeO_24": 3, "CoO_24": 3,
-        "CeR_24": 1, "CoR_24": 1, "CeO_32": 3, "CoO_32": 3, "CeR_32": 2, "CoR_32": 2,
-    }  # fmt: skip
+        "CeO_16": 2,
+        "CoO_16": 2,
+        "CeR_16": 1,
+        "CoR_16": 1,
+        "CeO_24": 3,
+        "CoO_24": 3,
+        "CeR_24": 1,
+        "CoR_24": 1,
+        "CeO_32": 3,
+        "CoO_32": 3,
+        "CeR_32": 2,
+        "CoR_32": 2,
+    }
     assert dict(per_group["train"]) == expected_train
     assert set(per_group["val"]) == {2} and set(per_group["test"]) == {4}
     assert len(per_group["val"]) == len(per_group["test"]) == 12
@@ -296,11 +341,23 @@ def test_v2_backgrounds_come_from_the_paired_class():
 def test_v2_pairs_must_cover_classes_and_stay_out_of_labels():
     index = make_index(n_train=60, n_val=8)
     with pytest.raises(ValueError, match=r"no background class for \['n00000020'\]"):
-        build_recipe(index, seed=0, resolution=64, counts=SMALL,
-                     classes=["n00000010", "n00000020"], pairs={"n00000010": "n00000030"})  # fmt: skip
+        build_recipe(
+            index,
+            seed=0,
+            resolution=64,
+            counts=SMALL,
+            classes=["n00000010", "n00000020"],
+            pairs={"n00000010": "n00000030"},
+        )
     with pytest.raises(ValueError, match="must not be labelled classes"):
-        build_recipe(index, seed=0, resolution=64, counts=SMALL,
-                     classes=["n00000010", "n00000020"], pairs={"n00000010": "n00000020", "n00000020": "n00000030"})  # fmt: skip
+        build_recipe(
+            index,
+            seed=0,
+            resolution=64,
+            counts=SMALL,
+            classes=["n00000010", "n00000020"],
+            pairs={"n00000010": "n00000020", "n00000020": "n00000030"},
+        )
     with pytest.raises(ValueError, match=r"not in the source's class list: \['n09999999'\]"):
         build_recipe(index, seed=0, resolution=64, counts=SMALL, classes=["n00000010", "n09999999"])
 

@@ -405,8 +405,15 @@ def test_other_parameters_on_a_complete_source_fail(source: Path) -> None:
     assert "choose another out " in message
     # generated through a source config, the error names the key that points there
     with pytest.raises(FileExistsError, match="choose another source.root "):
-        SyntheticSource(source, seed=3, num_classes=K, train_per_class=TRAIN, val_per_class=VAL,
-                        habitat_prob=0.5, progress=False).load()  # fmt: skip
+        SyntheticSource(
+            source,
+            seed=3,
+            num_classes=K,
+            train_per_class=TRAIN,
+            val_per_class=VAL,
+            habitat_prob=0.5,
+            progress=False,
+        ).load()
 
 
 def interrupt_after(monkeypatch, calls: int) -> None:

@@ -137,9 +137,23 @@ def test_the_slurm_launcher_composes_with_the_submitit_keys():
         ["hydra/launcher=slurm", "hydra.launcher.partition=debug"], hydra_node=True
     )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hsi.launcher.SlurmLauncher"  # submitit's, sbatch errors in one line
-    for key in ("timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb", "nodes", "partition", "qos",
-                "account", "array_parallelism", "max_num_timeout", "setup", "additional_parameters"):  # fmt: skip
+    assert (
+        launcher._target_ == "hsi.launcher.SlurmLauncher"
+    )  # submitit's, sbatch errors in one line
+    for key in (
+        "timeout_min",
+        "cpus_per_task",
+        "gpus_per_node",
+        "mem_gb",
+        "nodes",
+        "partition",
+        "qos",
+        "account",
+        "array_parallelism",
+        "max_num_timeout",
+        "setup",
+        "additional_parameters",
+    ):
         assert key in launcher, key
     assert launcher.max_num_timeout > 0  # requeue on timeout, resumed through ckpt_path=last
     assert str(cfg.hydra.sweep.dir) in launcher.submitit_folder
@@ -200,16 +214,32 @@ def test_help_lists_the_groups_chosen_on_hsi_train_with_their_options():
 
     template = compose_train(["out=/x"], hydra_node=True).hydra.help.template
     # only the names Hydra fills in (a wrong one breaks --help)
-    Template(template).substitute(FLAGS_HELP="", HYDRA_CONFIG_GROUPS="", APP_CONFIG_GROUPS="", CONFIG="")
-    listed = dict(
-        line.split(":", 1) for line in template.split("== Config ==")[0].splitlines()[3:] if ":" in line
+    Template(template).substitute(
+        FLAGS_HELP="", HYDRA_CONFIG_GROUPS="", APP_CONFIG_GROUPS="", CONFIG=""
     )
-    groups = {"data", "model", "method", "method/variant", "trainer", "callbacks", "logger",
-              "experiment", "hydra/launcher"}
+    listed = dict(
+        line.split(":", 1)
+        for line in template.split("== Config ==")[0].splitlines()[3:]
+        if ":" in line
+    )
+    groups = {
+        "data",
+        "model",
+        "method",
+        "method/variant",
+        "trainer",
+        "callbacks",
+        "logger",
+        "experiment",
+        "hydra/launcher",
+    }
     assert set(listed) == groups  # not source, mask, inpaint, dataset (chosen under data.generate)
     for group, options_text in listed.items():
         shown = [o.strip() for o in options_text.split("(")[0].split(",")]
-        assert shown == options(group), group  # the listing follows conf/
+        expected = options(group)
+        if group == "experiment":  # benchmark_* are hsi-benchmark's experiments
+            expected = [o for o in expected if not o.startswith("benchmark_")]
+        assert shown == expected, group  # the listing follows conf/
 
 
 def test_method_configs_carry_the_paper_recipe():
@@ -260,9 +290,13 @@ def test_paper_experiments_are_the_paper_setting(name):
                 1e-3,
                 None,
             )
-    expected = {"paper_erm": ("erm", "standard"), "paper_erm_easy": ("erm_easy", "easy"),
-                "paper_erm_all": ("erm_all", "balanced"), "paper_jtt": ("jtt", "standard"),
-                "paper_dfr": ("dfr", "standard")}[name]  # fmt: skip
+    expected = {
+        "paper_erm": ("erm", "standard"),
+        "paper_erm_easy": ("erm_easy", "easy"),
+        "paper_erm_all": ("erm_all", "balanced"),
+        "paper_jtt": ("jtt", "standard"),
+        "paper_dfr": ("dfr", "standard"),
+    }[name]
     assert (cfg.method.name, cfg.data.sampling) == expected
     assert cfg.task_name == name
 
@@ -315,8 +349,17 @@ def test_resolve_checkpoint_prefers_as_told_and_names_the_key(tmp_path):
 
 def test_data_key_ignores_serving_keys_only(tmp_path):
     base = compose_train([*hsi_data(tmp_path), "out=/x"])
-    same = compose_train([*hsi_data(tmp_path), "out=/x", "data.batch_size=3", "data.num_workers=2", "seed=4",
-                          "method=erm_all", "data.generate.workers=3"])  # fmt: skip
+    same = compose_train(
+        [
+            *hsi_data(tmp_path),
+            "out=/x",
+            "data.batch_size=3",
+            "data.num_workers=2",
+            "seed=4",
+            "method=erm_all",
+            "data.generate.workers=3",
+        ]
+    )
     other = compose_train([*hsi_data(tmp_path), "out=/x", "data.generate.dataset.resolution=64"])
     assert data_key(base) == data_key(same) != data_key(other)
     # sampling=easy cuts the train split to the Easy groups: other train embeddings
@@ -381,8 +424,18 @@ def source_run(work) -> Path:
 def sweep_a(work, source_run) -> Path:
     """`-m method=erm,erm_all seed=0,1` on the basic launcher, from the source-pretrained model."""
     sweep = work / "sweep_a"
-    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm,erm_all", "seed=0,1",
-               f"model.checkpoint={source_run}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    hsi_train(
+        [
+            "-m",
+            *hsi_data(work),
+            *FAST,
+            "method=erm,erm_all",
+            "seed=0,1",
+            f"model.checkpoint={source_run}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        work,
+    )
     return sweep
 
 
@@ -393,7 +446,9 @@ def test_source_pretraining_run_writes_results_without_groups(source_run):
     assert results["data"] == "source" and results["epochs"] == 1
     assert results["config"]["callbacks"]["best"]["monitor"] is None  # val/acc was monitored
     best = torch.load(results["checkpoints"]["best"], map_location="cpu", weights_only=True)
-    monitors = {v["monitor"] for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")}
+    monitors = {
+        v["monitor"] for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")
+    }
     assert monitors == {"val/acc", None}  # best.ckpt by val/acc, last.ckpt every epoch
     assert (source_run / "csv" / "version_0" / "metrics.csv").is_file()
 
@@ -454,8 +509,16 @@ def test_erm_test_metrics_equal_a_recomputation_from_each_checkpoint(sweep_a, wh
 @pytest.mark.timeout(900)  # several hsi-train jobs
 def test_pretrained_evaluates_the_source_model_as_it_is_on_the_groups(work, source_run):
     run = work / "pretrained_run"
-    hsi_train([*hsi_data(work), *FAST, "method=pretrained", f"model.checkpoint={source_run}",
-               f"hydra.run.dir={run}"], work)  # fmt: skip
+    hsi_train(
+        [
+            *hsi_data(work),
+            *FAST,
+            "method=pretrained",
+            f"model.checkpoint={source_run}",
+            f"hydra.run.dir={run}",
+        ],
+        work,
+    )
     results = read_results(run)
     assert results["method"] == "pretrained" and results["epochs"] == 0
     assert not (run / "checkpoints").exists()  # nothing was trained, nothing saved
@@ -481,7 +544,9 @@ def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
     from hsi.models import HeadMismatchError
 
     net = create_model("resnet10t", 3)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "m.ckpt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "m.ckpt"
+    )
     with pytest.raises(HeadMismatchError, match="3 outputs but the data has 5 classes"):
         create_model("resnet10t", 5, checkpoint=str(tmp_path / "m.ckpt"), require_head=True)
     assert create_model("resnet10t", 3, checkpoint=str(tmp_path / "m.ckpt"), require_head=True)
@@ -492,8 +557,18 @@ def test_pretrained_refuses_a_head_for_other_classes(tmp_path):
 def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
     sweep = work / "sweep_b"
     lambda_up = 3
-    hsi_train(["-m", *hsi_data(work), *FAST, "method=erm_easy,jtt", "++method.erm.epochs=1",
-               f"++method.lambda_up={lambda_up}", f"hydra.sweep.dir={sweep}"], work)  # fmt: skip
+    hsi_train(
+        [
+            "-m",
+            *hsi_data(work),
+            *FAST,
+            "method=erm_easy,jtt",
+            "++method.erm.epochs=1",
+            f"++method.lambda_up={lambda_up}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        work,
+    )
     erm_easy, jtt = read_results(sweep / "0"), read_results(sweep / "1")
     check_results(erm_easy, "erm_easy", sweep / "0")
     assert erm_easy["config"]["data"]["sampling"] == "easy"
@@ -535,12 +610,24 @@ def test_erm_easy_and_jtt_end_to_end_with_an_exact_upsampling(work):
 def test_dfr_paper_and_official_share_one_embedding_extraction(work, sweep_a):
     sweep, cache = work / "sweep_c", work / "cache"
     erm_run = sweep_a / "0"
-    common = [*hsi_data(work), *FAST, "method=dfr", f"method.erm_checkpoint={erm_run}",
-              f"method.cache_dir={cache}"]
+    common = [
+        *hsi_data(work),
+        *FAST,
+        "method=dfr",
+        f"method.erm_checkpoint={erm_run}",
+        f"method.cache_dir={cache}",
+    ]
     # the two recipes have their own keys (conf/method/variant/): one run each, one cache
     hsi_train([*common, "method.variant.l2=10", f"hydra.run.dir={sweep / '0'}"], work)
-    hsi_train([*common, "method/variant=official", "method.variant.n_subsets=3",
-               f"hydra.run.dir={sweep / '1'}"], work)
+    hsi_train(
+        [
+            *common,
+            "method/variant=official",
+            "method.variant.n_subsets=3",
+            f"hydra.run.dir={sweep / '1'}",
+        ],
+        work,
+    )
     paper, official = read_results(sweep / "0"), read_results(sweep / "1")
     for results, job in ((paper, "0"), (official, "1")):
         check_results(results, "dfr", sweep / job)
@@ -626,8 +713,18 @@ def test_wandb_offline_dfr_run_logs_group_tables_and_finishes(work):
     import wandb
 
     run = work / "wandb_dfr"
-    results = run_inprocess([*hsi_data(work), *FAST, "logger=wandb", "method=dfr", "method.erm.epochs=1",
-                             "method.variant.l2=10", f"method.cache_dir={work / 'cache_wandb'}"], run)
+    results = run_inprocess(
+        [
+            *hsi_data(work),
+            *FAST,
+            "logger=wandb",
+            "method=dfr",
+            "method.erm.epochs=1",
+            "method.variant.l2=10",
+            f"method.cache_dir={work / 'cache_wandb'}",
+        ],
+        run,
+    )
     assert wandb.run is None  # finished
     check_results(results, "dfr", run)
     assert results["stage1"]["trained_here"] and results["stage1"]["epochs"] == 1
@@ -678,8 +775,20 @@ def test_a_failing_wandb_job_closes_its_run_and_exits_non_zero(work, monkeypatch
     from hsi.cli.train import main
 
     run = work / "wandb_fail"
-    monkeypatch.setattr(sys, "argv", ["hsi-train", *hsi_data(work), *FAST, "logger=wandb", "data.sampling=bogus",
-                                      f"hydra.run.dir={run}", "hydra/job_logging=none", "hydra/hydra_logging=none"])  # fmt: skip
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "hsi-train",
+            *hsi_data(work),
+            *FAST,
+            "logger=wandb",
+            "data.sampling=bogus",
+            f"hydra.run.dir={run}",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2  # a bad key: one line, no traceback
@@ -704,32 +813,58 @@ def test_last_ckpt_holds_every_epoch_and_jtt_and_dfr_stage1_load_it(work):
     assert (results["models"]["final"]["epoch"], results["models"]["best"]["epoch"]) == (3, 0)
     assert results["selection"] == "final" and results["test"] == results["models"]["final"]["test"]
 
-    expected = {"checkpoint": str(erm / "checkpoints" / "last.ckpt"), "epoch": 3,
-                "global_step": 4 * BATCHES_PER_EPOCH, "trained_here": False}
-    jtt = run_inprocess([*hsi_data(work), *FAST, "logger=none", "method=jtt",
-                         f"method.erm_checkpoint={erm}"], work / "peak_jtt")
-    dfr = run_inprocess([*hsi_data(work), *FAST, "logger=none", "method=dfr", "method.variant.l2=10",
-                         f"method.erm_checkpoint={erm}", f"method.cache_dir={work / 'peak_cache'}"],
-                        work / "peak_dfr")
+    expected = {
+        "checkpoint": str(erm / "checkpoints" / "last.ckpt"),
+        "epoch": 3,
+        "global_step": 4 * BATCHES_PER_EPOCH,
+        "trained_here": False,
+    }
+    jtt = run_inprocess(
+        [*hsi_data(work), *FAST, "logger=none", "method=jtt", f"method.erm_checkpoint={erm}"],
+        work / "peak_jtt",
+    )
+    dfr = run_inprocess(
+        [
+            *hsi_data(work),
+            *FAST,
+            "logger=none",
+            "method=dfr",
+            "method.variant.l2=10",
+            f"method.erm_checkpoint={erm}",
+            f"method.cache_dir={work / 'peak_cache'}",
+        ],
+        work / "peak_dfr",
+    )
     assert jtt["stage1"] == expected and dfr["stage1"] == expected
     assert jtt["checkpoints"]["stage1"] == dfr["checkpoints"]["stage1"] == expected["checkpoint"]
     # selection=best takes the best model instead, and says that the metric is coarse
     with pytest.warns(UserWarning, match="moves in steps of 0.333"):
         dfr_best = run_inprocess(
-            [*hsi_data(work), *FAST, "logger=none", "method=dfr", "method.variant.l2=10",
-             "selection=best", f"method.erm_checkpoint={erm}",
-             f"method.cache_dir={work / 'peak_cache'}"],
+            [
+                *hsi_data(work),
+                *FAST,
+                "logger=none",
+                "method=dfr",
+                "method.variant.l2=10",
+                "selection=best",
+                f"method.erm_checkpoint={erm}",
+                f"method.cache_dir={work / 'peak_cache'}",
+            ],
             work / "peak_dfr_best",
         )
     assert dfr_best["stage1"]["checkpoint"].endswith("best.ckpt")
     assert dfr_best["stage1"]["epoch"] == 0
 
     # stage 1 trained in the run: its epoch-T model as well
-    jtt_here = run_inprocess([*hsi_data(work), *FAST, *peak_at_0, "method=jtt", "method.erm.epochs=4"],
-                             work / "peak_jtt_here")
+    jtt_here = run_inprocess(
+        [*hsi_data(work), *FAST, *peak_at_0, "method=jtt", "method.erm.epochs=4"],
+        work / "peak_jtt_here",
+    )
     stage1 = jtt_here["stage1"]
     assert stage1["trained_here"] and (stage1["epoch"], stage1["epochs"]) == (3, 4)
-    assert stage1["checkpoint"] == str(work / "peak_jtt_here" / "stage1" / "checkpoints" / "last.ckpt")
+    assert stage1["checkpoint"] == str(
+        work / "peak_jtt_here" / "stage1" / "checkpoints" / "last.ckpt"
+    )
 
 
 class Marker:
@@ -753,7 +888,9 @@ def test_a_malicious_pickle_runs_nothing_whatever_key_it_is_given_as(tmp_path, k
     overrides = [*hsi_data(tmp_path), *FAST, f"{key}={evil}"]
     if key == "method.erm_checkpoint":
         overrides.append("method=jtt")
-    with pytest.raises(UnloadableFileError, match=f"{key}={evil}: cannot be loaded as weights only"):
+    with pytest.raises(
+        UnloadableFileError, match=f"{key}={evil}: cannot be loaded as weights only"
+    ):
         run_inprocess(overrides, tmp_path / "run")
     assert not marker.exists()  # nothing in the file ran
     assert not (tmp_path / "hsi_data").exists()  # refused before any data was built
@@ -771,15 +908,38 @@ def _fresh_run(work: Path) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        (["model.name=resnet_nosuch"], ValueError, "model.name=resnet_nosuch: timm has no such model"),
+        (
+            ["model.name=resnet_nosuch"],
+            ValueError,
+            "model.name=resnet_nosuch: timm has no such model",
+        ),
         (["data.batch_size=0"], ValueError, "data.batch_size=0: must be an integer >= 1"),
-        (["method.epochs=0"], ValueError, "method.epochs=0: a training method needs at least one epoch"),
-        (["method=jtt", "method.erm.epochs=0"], ValueError, "method.erm.epochs=0: a training method"),
-        (["method=dfr", "method.erm.epochs=0"], ValueError, "method.erm.epochs=0: a training method"),
+        (
+            ["method.epochs=0"],
+            ValueError,
+            "method.epochs=0: a training method needs at least one epoch",
+        ),
+        (
+            ["method=jtt", "method.erm.epochs=0"],
+            ValueError,
+            "method.erm.epochs=0: a training method",
+        ),
+        (
+            ["method=dfr", "method.erm.epochs=0"],
+            ValueError,
+            "method.erm.epochs=0: a training method",
+        ),
         (["method=jtt", "method.lambda_up=0"], ValueError, "method.lambda_up=0"),
-        (["method=jtt", "method.erm_checkpoint=/nonexistent/erm"], FileNotFoundError,
-         "method.erm_checkpoint=/nonexistent/erm: no such file or folder"),
-        (["method=erm_all", "method=jtt", "data.sampling=balanced"], ValueError, "data.sampling=standard"),
+        (
+            ["method=jtt", "method.erm_checkpoint=/nonexistent/erm"],
+            FileNotFoundError,
+            "method.erm_checkpoint=/nonexistent/erm: no such file or folder",
+        ),
+        (
+            ["method=erm_all", "method=jtt", "data.sampling=balanced"],
+            ValueError,
+            "data.sampling=standard",
+        ),
         (["method=pretrained"], ValueError, "method=pretrained evaluates a trained model"),
         (["selection=latest"], ValueError, "selection=latest: must be one of"),
         (["method=dfr", "method.variant.lr=-1"], ValueError, "method.variant .*lr > 0"),
@@ -847,10 +1007,17 @@ def test_a_second_process_on_a_run_folder_fails_at_once_naming_the_first(tmp_pat
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from hsi.train.checks import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
-         "print('locked', flush=True); time.sleep(60)", str(run)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from hsi.train.checks import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -870,13 +1037,24 @@ def test_a_diverged_fit_stops_is_recorded_as_such_and_exits_non_zero(work):
 
     run = work / "diverged"
     proc = subprocess.run(
-        [str(HSI_TRAIN), *hsi_data(work), *FAST, "method.optimizer.lr=1e12", f"hydra.run.dir={run}"],
-        cwd=work, capture_output=True, text=True, timeout=900,
+        [
+            str(HSI_TRAIN),
+            *hsi_data(work),
+            *FAST,
+            "method.optimizer.lr=1e12",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
     )
     assert proc.returncode == 2
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("hsi-train: error:")]
-    assert "training diverged" in line and "lower method.optimizer.lr" in line and " at step " in line
+    assert (
+        "training diverged" in line and "lower method.optimizer.lr" in line and " at step " in line
+    )
     assert "Traceback" not in proc.stderr
     results = read_results(run)
     assert results["status"] == "diverged" and "training diverged" in results["error"]
@@ -888,9 +1066,17 @@ def test_a_diverged_fit_stops_is_recorded_as_such_and_exits_non_zero(work):
 @pytest.mark.slow
 def test_the_cli_reports_a_bad_key_in_one_line_without_a_traceback(work):
     proc = subprocess.run(
-        [str(HSI_TRAIN), *hsi_data(work), *FAST, "model.name=resnet_nosuch",
-         f"hydra.run.dir={work / 'badname'}"],
-        cwd=work, capture_output=True, text=True, timeout=900,
+        [
+            str(HSI_TRAIN),
+            *hsi_data(work),
+            *FAST,
+            "model.name=resnet_nosuch",
+            f"hydra.run.dir={work / 'badname'}",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hsi-train: error: model.name=resnet_nosuch: timm has no such model" in proc.stderr

@@ -46,15 +46,23 @@ log = logging.getLogger(__name__)
 
 ACCURACY_FILE = "background_accuracy.csv"
 COLUMNS = (
-    "wnid", "name", "label", "images", "correct", "accuracy", "mean_true_prob", "chance",
-)  # fmt: skip
+    "wnid",
+    "name",
+    "label",
+    "images",
+    "correct",
+    "accuracy",
+    "mean_true_prob",
+    "chance",
+)
 
 
 # --------------------------------------------------------------------------- backgrounds
 def generation_settings(generate: DictConfig | Mapping) -> DictConfig:
     """A plain copy of the generation config (`data.generate`) whose backgrounds are used."""
     return OmegaConf.create(
-        OmegaConf.to_container(generate, resolve=True) if isinstance(generate, DictConfig)
+        OmegaConf.to_container(generate, resolve=True)
+        if isinstance(generate, DictConfig)
         else dict(generate)
     )
 
@@ -72,7 +80,9 @@ def built_store(generate: DictConfig) -> AssetStore | None:
     built = folder.spec().resolution
     if built != resolution:
         log.warning(
-            "%s was built at %d px, not %d: its backgrounds are not used", folder.out, built,
+            "%s was built at %d px, not %d: its backgrounds are not used",
+            folder.out,
+            built,
             resolution,
         )
         return None
@@ -134,9 +144,15 @@ def ensure_backgrounds(
             journal=str(Path(cache) / ".journal-backgrounds"),
         )
         results = ordered_map(
-            make_item, tasks, workers=workers, init=AssetMaker, init_args=(settings,),
-            progress=progress, desc="backgrounds", unit="img",
-        )  # fmt: skip
+            make_item,
+            tasks,
+            workers=workers,
+            init=AssetMaker,
+            init_args=(settings,),
+            progress=progress,
+            desc="backgrounds",
+            unit="img",
+        )
         failed = [(res.key, res.reason) for res in results if res.status != "ok"]
         if failed:
             raise ValueError(
@@ -206,16 +222,18 @@ def accuracy_table(
         mine = labels == k
         n = int(mine.sum())
         correct = int((predicted[mine] == k).sum())
-        rows.append({
-            "wnid": wnid,
-            "name": (names or {}).get(wnid, wnid),
-            "label": k,
-            "images": n,
-            "correct": correct,
-            "accuracy": correct / n if n else float("nan"),
-            "mean_true_prob": float(probabilities[mine, k].mean()) if n else float("nan"),
-            "chance": 1.0 / len(classes),
-        })  # fmt: skip
+        rows.append(
+            {
+                "wnid": wnid,
+                "name": (names or {}).get(wnid, wnid),
+                "label": k,
+                "images": n,
+                "correct": correct,
+                "accuracy": correct / n if n else float("nan"),
+                "mean_true_prob": float(probabilities[mine, k].mean()) if n else float("nan"),
+                "chance": 1.0 / len(classes),
+            }
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -260,9 +278,16 @@ def background_accuracy(cfg: DictConfig, index: SourceIndex | None = None) -> pd
     position = {w: k for k, w in enumerate(classes)}
     input_cfg = model_input_config(net)
     probabilities = predict_probabilities(
-        net, [paths[r.key] for r in records], columns, input_cfg["mean"], input_cfg["std"],
-        pick_device(str(cfg.device)), int(cfg.batch_size), workers, progress,
-    )  # fmt: skip
+        net,
+        [paths[r.key] for r in records],
+        columns,
+        input_cfg["mean"],
+        input_cfg["std"],
+        pick_device(str(cfg.device)),
+        int(cfg.batch_size),
+        workers,
+        progress,
+    )
     names = {c.wnid: c.name for c in index.classes}
     table = accuracy_table(probabilities, [position[r.wnid] for r in records], classes, names)
     atomic_write_csv(done, table)

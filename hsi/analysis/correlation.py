@@ -53,19 +53,26 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]
         raise ValueError(f"x and y differ in length: {x.shape} vs {y.shape}")
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
-    nan = {"n": int(len(x)), "kendall_tau": math.nan, "kendall_p": math.nan,
-           "spearman_rho": math.nan, "spearman_p": math.nan}  # fmt: skip
+    nan = {
+        "n": int(len(x)),
+        "kendall_tau": math.nan,
+        "kendall_p": math.nan,
+        "spearman_rho": math.nan,
+        "spearman_p": math.nan,
+    }
     if len(x) < MIN_POINTS:
         warnings.warn(
             f"correlation of {len(x)} points: need at least {MIN_POINTS}; NaN",
-            CorrelationWarning, stacklevel=2,
-        )  # fmt: skip
+            CorrelationWarning,
+            stacklevel=2,
+        )
         return nan
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         warnings.warn(
             "correlation with a constant input (every value equal): undefined; NaN",
-            CorrelationWarning, stacklevel=2,
-        )  # fmt: skip
+            CorrelationWarning,
+            stacklevel=2,
+        )
         return nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
@@ -84,9 +91,7 @@ def class_scores(scores: pd.DataFrame, split: str) -> pd.DataFrame:
     """wnid, center_score, size_score, product of one split of a bias-score table."""
     missing = [c for c in ("wnid", "split", "center_score", "size_score") if c not in scores]
     if missing:
-        raise ValueError(
-            f"the score table lacks column(s) {missing}; give hsi-scores' scores.csv"
-        )
+        raise ValueError(f"the score table lacks column(s) {missing}; give hsi-scores' scores.csv")
     rows = scores[scores["split"] == split]
     if rows.empty:
         found = sorted(scores["split"].unique())

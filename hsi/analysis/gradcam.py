@@ -121,8 +121,14 @@ def cam_maps(
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    methods = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
-               "eigencam": EigenCAM, "xgradcam": XGradCAM, "layercam": LayerCAM}  # fmt: skip
+    methods = {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "hirescam": HiResCAM,
+        "eigencam": EigenCAM,
+        "xgradcam": XGradCAM,
+        "layercam": LayerCAM,
+    }
     if method not in methods:
         raise ValueError(f"gradcam.method={method!r}: expected one of {sorted(methods)}")
     net.eval()
@@ -188,8 +194,11 @@ def plot_grid(
         if i == 0:
             axes[0, 0].set_title("input", fontsize=8)
             for j, name in enumerate(models, start=1):
-                axes[0, j].set_title(f"{name}\n{predictions[name][0]}", fontsize=7,
-                                     color="green" if correct[name][0] else "red")  # fmt: skip
+                axes[0, j].set_title(
+                    f"{name}\n{predictions[name][0]}",
+                    fontsize=7,
+                    color="green" if correct[name][0] else "red",
+                )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -263,8 +272,9 @@ def run_gradcam(cfg) -> dict:
         raise ValueError(f"gradcam.target={cfg.gradcam.target!r}: expected true or predicted")
     dataset_classes = int(recipe["label"].nunique())
     device = pick_device(str(cfg.device))
-    shown = chosen_images(recipe, split, int(cfg.gradcam.images), int(cfg.seed),
-                          cfg.gradcam.image_ids)  # fmt: skip
+    shown = chosen_images(
+        recipe, split, int(cfg.gradcam.images), int(cfg.seed), cfg.gradcam.image_ids
+    )
     measured = chosen_images(recipe, split, int(cfg.gradcam.share_images), int(cfg.seed))
     keys = list(dict.fromkeys([*shown, *measured]))
     rows = recipe[(recipe["split"] == split) & recipe["fg_image"].isin(keys)].copy()
@@ -272,10 +282,14 @@ def run_gradcam(cfg) -> dict:
     rows = rows.sort_values(["order", "group_id"]).reset_index(drop=True)
     images = [composer(row) for _, row in rows.iterrows()]
     boxes = [
-        paste_box(row, composer.store.load("core", row["fg_image"]).shape[:2],
-                  composer.resolution, composer.resize_mode)
+        paste_box(
+            row,
+            composer.store.load("core", row["fg_image"]).shape[:2],
+            composer.resolution,
+            composer.resize_mode,
+        )
         for _, row in rows.iterrows()
-    ]  # fmt: skip
+    ]
     labels = rows["label"].to_numpy()
     cams, predictions, correct, records = {}, {}, {}, []
     for label, node in model_nodes(cfg):
@@ -306,13 +320,20 @@ def run_gradcam(cfg) -> dict:
             if row["fg_image"] not in set(measured):
                 continue
             x0, y0, x1, y1 = boxes[i]
-            records.append({
-                "model": label, "sample_id": row["sample_id"], "fg_image": row["fg_image"],
-                "group": row["group"], "group_id": int(row["group_id"]), "label": int(labels[i]),
-                "predicted": int(predicted_all[i]), "correct": bool(correct[label][i]),
-                "box_fraction": (x1 - x0) * (y1 - y0) / (res * res),
-                "cam_in_box": box_share(maps_all[i], boxes[i]),
-            })  # fmt: skip
+            records.append(
+                {
+                    "model": label,
+                    "sample_id": row["sample_id"],
+                    "fg_image": row["fg_image"],
+                    "group": row["group"],
+                    "group_id": int(row["group_id"]),
+                    "label": int(labels[i]),
+                    "predicted": int(predicted_all[i]),
+                    "correct": bool(correct[label][i]),
+                    "box_fraction": (x1 - x0) * (y1 - y0) / (res * res),
+                    "cam_in_box": box_share(maps_all[i], boxes[i]),
+                }
+            )
     show = rows["fg_image"].isin(set(shown)).to_numpy()
     idx = np.flatnonzero(show)
     grid = plot_grid(

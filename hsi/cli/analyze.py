@@ -37,8 +37,10 @@ def run_tasks(cfg: DictConfig) -> dict:
         done["background"] = table
         print(summary_line(table))
         for row in table.itertuples(index=False):
-            print(f"  {row.wnid} {row.name:<24} acc {row.accuracy:.3f}  p(true) "
-                  f"{row.mean_true_prob:.3f}  ({row.images} images)")  # fmt: skip
+            print(
+                f"  {row.wnid} {row.name:<24} acc {row.accuracy:.3f}  p(true) "
+                f"{row.mean_true_prob:.3f}  ({row.images} images)"
+            )
     if "correlation" in tasks:
         from hsi.analysis.correlation import format_table, write_correlations
 
@@ -55,13 +57,17 @@ def run_tasks(cfg: DictConfig) -> dict:
         done["v2_pairs"] = result
         print(f"v2 pairs (foreground <- background) -> {result['csv']}")
         for row in result["pairs"].itertuples(index=False):
-            print(f"  {row.fg_wnid} {row.fg_name} ({row.fg_accuracy:.3f}) <- "
-                  f"{row.bg_wnid} {row.bg_name} ({row.bg_accuracy:.3f})")  # fmt: skip
+            print(
+                f"  {row.fg_wnid} {row.fg_name} ({row.fg_accuracy:.3f}) <- "
+                f"{row.bg_wnid} {row.bg_name} ({row.bg_accuracy:.3f})"
+            )
         if result["build"] is not None:
             print(result["build"].report())
         else:
-            print(f"  build it: hsi-generate dataset=v2 "
-                  f"dataset.pairs_from={result['generate'].dataset.pairs_from}")  # fmt: skip
+            print(
+                f"  build it: hsi-generate dataset=v2 "
+                f"dataset.pairs_from={result['generate'].dataset.pairs_from}"
+            )
     if "gradcam" in tasks:
         from hsi.analysis.gradcam import run_gradcam
 

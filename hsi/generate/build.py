@@ -227,7 +227,9 @@ class BuildSummary:
     items: int  # images of this shard
     done: int = 0
     skipped: int = 0  # already complete from an earlier run
-    rebuilt: list[str] = field(default_factory=list)  # files there that this build did not vouch for
+    rebuilt: list[str] = field(
+        default_factory=list
+    )  # files there that this build did not vouch for
     failures: list[tuple[str, str]] = field(default_factory=list)
     workers: dict[int, dict[str, int]] = field(default_factory=dict)  # pid -> counters
     seconds: float = 0.0

@@ -147,4 +147,3 @@ class Composer:
     def sample(self, i: int) -> np.ndarray:
         """The i-th sample of the recipe."""
         return self(self.recipe.iloc[i])
-

@@ -30,9 +30,23 @@ from hsi.sources.record import ImageRecord, SourceIndex
 SPLITS = ("train", "val", "test")
 SOURCE_SPLIT = {"train": "train", "val": "train", "test": "val"}  # HSI split -> source split
 COLUMNS = (
-    "sample_id", "split", "label", "wnid", "source_label", "group_id", "group", "placement",
-    "size", "position", "background", "category", "fg_image", "bg_image", "bg_wnid", "reused",
-)  # fmt: skip
+    "sample_id",
+    "split",
+    "label",
+    "wnid",
+    "source_label",
+    "group_id",
+    "group",
+    "placement",
+    "size",
+    "position",
+    "background",
+    "category",
+    "fg_image",
+    "bg_image",
+    "bg_wnid",
+    "reused",
+)
 DTYPES = {
     "label": "int64",
     "source_label": "int64",
@@ -135,11 +149,26 @@ def build_recipe(
                 else:
                     rng = item_rng(seed, "background", sample_id)
                     bg = pool.draw_from(pairs[wnid], rng) if pairs else pool.draw_other(wnid, rng)
-                rows.append((
-                    sample_id, split, label, wnid, fg.label, group.id, group.name, group.placement,
-                    group.size, group.position, group.background, group.category,
-                    fg.key, bg.key, bg.wnid, reused,
-                ))  # fmt: skip
+                rows.append(
+                    (
+                        sample_id,
+                        split,
+                        label,
+                        wnid,
+                        fg.label,
+                        group.id,
+                        group.name,
+                        group.placement,
+                        group.size,
+                        group.position,
+                        group.background,
+                        group.category,
+                        fg.key,
+                        bg.key,
+                        bg.wnid,
+                        reused,
+                    )
+                )
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype(DTYPES)
 
 

@@ -11,7 +11,9 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class ImageRecord:
-    image_id: str  # file stem: "n01440764_10026" or "ILSVRC2012_val_00000001"; unique within a split
+    image_id: (
+        str  # file stem: "n01440764_10026" or "ILSVRC2012_val_00000001"; unique within a split
+    )
     split: str  # "train" | "val" (the source's own splits)
     wnid: str
     label: int  # index of wnid in the sorted synset list
