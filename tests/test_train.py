@@ -271,7 +271,11 @@ def test_method_configs_carry_the_paper_recipe():
     assert dfr.erm == erm and dfr.variant._target_ == "hsi.methods.dfr.PaperRecipe"
     assert (dfr.variant.epochs, dfr.variant.lr, dfr.variant.l2) == (1000, 1.0, 100.0)
     official = compose_train(["method=dfr", "method/variant=official"]).method.variant
-    assert official.n_subsets >= 1 and list(official.c_grid)
+    # the public dfr_evaluate_spurious.py: 20 retrains, the final scaler fit on train
+    assert (official.n_subsets, official.scaler_on) == (20, "train")
+    assert list(official.c_grid) == [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]
+    cheap = compose_train(["method=dfr", "method/variant=official_val"]).method.variant
+    assert (cheap.n_subsets, cheap.scaler_on, cheap._target_) == (10, "val", official._target_)
 
 
 @pytest.mark.parametrize("name", [o for o in options("experiment") if o.startswith("paper_")])
