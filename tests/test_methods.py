@@ -514,7 +514,7 @@ def test_dfr_module_tests_on_embeddings_with_val_statistics(tmp_path):
 def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     X, y, g = grouped_features(3)
     embeddings = {"val": (X, y, g)}
-    module = OfficialRecipe(n_subsets=2, c_grid=(1.0, 0.1)).fit(
+    module = OfficialRecipe(n_subsets=2, c_grid=(1.0, 0.1), scaler_on="val").fit(
         embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
     )
     assert module.hparams["variant"] == "official" and module.hparams["chosen_C"] in (1.0, 0.1)

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
+from hsi.data.transforms import apply_seeded
 from hsi.generate.assets import AssetStore
 from hsi.generate.compose import compose
-from hsi.data.transforms import apply_seeded
 from hsi.io import item_rng, stable_seed
 from hsi.sources.images import load_rgb
 from hsi.sources.record import ImageRecord

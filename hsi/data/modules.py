@@ -247,7 +247,6 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         return EpochSampler(len(dataset), self.seed, repeats=self.train_repeats)
 
 
-
 def _class_names(recipe: pd.DataFrame) -> list[str]:
     """wnids in label order; labels must be 0..K-1, one wnid each."""
     pairs = recipe[["label", "wnid"]].drop_duplicates().sort_values("label")

@@ -51,12 +51,14 @@ def train_transform(
         return eval_transform(mean, std, resolution if resize else None)
     if augment != "paper":
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    return T.Compose([
-        T.RandomResizedCrop(resolution, scale=tuple(crop_scale), ratio=tuple(crop_ratio)),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(resolution, scale=tuple(crop_scale), ratio=tuple(crop_ratio)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def apply_seeded(transform: Callable, image, seed: int | None):

@@ -178,7 +178,10 @@ class OfficialRecipe:
     SCALER_ON = ("val", "train")
 
     def __init__(
-        self, n_subsets: int = 10, c_grid: Sequence[float] = OFFICIAL_C_GRID, scaler_on: str = "val"
+        self,
+        n_subsets: int = 20,
+        c_grid: Sequence[float] = OFFICIAL_C_GRID,
+        scaler_on: str = "train",
     ) -> None:
         if int(n_subsets) < 1 or not list(c_grid) or scaler_on not in self.SCALER_ON:
             raise ValueError(

@@ -164,7 +164,7 @@ def fit_dfr_official(
     y_val: np.ndarray,
     g_val: np.ndarray,
     *,
-    n_subsets: int = 10,
+    n_subsets: int = 20,
     c_grid: Sequence[float] = OFFICIAL_C_GRID,
     seed: int = 0,
     num_classes: int | None = None,
