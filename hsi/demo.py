@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(report(paths, runs))
     print(f"\nOutputs under {paths.out.resolve()}:")
     print(f"  bias scores and figures  {paths.scores}")
-    print(f"  the dataset              {paths.hsi} (recipe.csv, assets/, manifest/)")
+    print(f"  the dataset              {paths.hsi} (out= of hsi-generate validate, export)")
     print(f"  runs                     {paths.runs}/<name>/results.json, checkpoints/, csv/")
     print(f"  background reliance      {paths.analysis} (Fig. 3), {paths.analysis / 'gradcam'}")
     print(f"  tables and figures       {paths.report} (Markdown, CSV, LaTeX, PNG, PDF)")

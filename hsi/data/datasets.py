@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from hsi.data.transforms import apply_seeded
 from hsi.generate.assets import AssetStore
 from hsi.generate.compose import compose
+from hsi.generate.layout import EXPORT_METADATA_FILE
 from hsi.io import item_rng, stable_seed
 from hsi.sources.images import load_rgb
 from hsi.sources.record import ImageRecord
@@ -37,7 +38,7 @@ class HSIDataset(Dataset):
     """Hard-Spurious-ImageNet samples of some recipe rows, composed from the assets on the fly.
 
     `store` is the build's output folder (or an AssetStore). With `from_export=True`, `store` is
-    an export folder instead and the rows need the `path` column of its metadata.csv; the
+    an export folder instead and the rows need the `path` column of its metadata table; the
     images are then read from those files (PNG: the same pixels as composing).
     """
 
@@ -64,7 +65,7 @@ class HSIDataset(Dataset):
         if from_export:
             if "path" not in rows.columns:
                 raise ValueError(
-                    "from_export=True needs the `path` column of the export's metadata.csv"
+                    f"from_export=True needs the `path` column of the export's {EXPORT_METADATA_FILE}"
                 )
             self.root = Path(store)
             self.paths = rows["path"].astype(str).to_numpy()
