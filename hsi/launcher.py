@@ -1,5 +1,9 @@
 """The SLURM launcher of `hydra/launcher=slurm`: hydra-submitit-launcher's, with sbatch's
-refusals shown as one line naming the launcher key to change (conf/hydra/launcher/slurm.yaml)."""
+refusals shown as one line naming the launcher key to change (conf/hydra/launcher/slurm.yaml).
+
+Not yet the configured launcher: Hydra accepts launchers only from the ``hydra_plugins``
+namespace package, so conf/hydra/launcher/slurm.yaml names submitit's own until this class is
+registered there."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import os
 import sys
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from hsi.cli import CONF_DIR
@@ -56,7 +57,8 @@ def main(cfg: DictConfig) -> float | None:
     single_console_log()
     try:
         results = train(cfg)
-    except (ValueError, OSError, RunLockedError, TrainingDiverged) as err:
+    # a config node that refuses its values reaches here wrapped in InstantiationException
+    except (ValueError, OSError, RunLockedError, TrainingDiverged, InstantiationException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"hsi-train: error: {err}", file=sys.stderr, flush=True)
