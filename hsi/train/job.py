@@ -234,21 +234,14 @@ class Job:
                 None,
             )
             if same is None:
-                ckpt = str(path)
-                trainer.validate(
-                    module,
-                    datamodule=self.datamodule,
-                    ckpt_path=ckpt,
-                    verbose=False,
-                    weights_only=True,
-                )
-                trainer.test(
-                    module,
-                    datamodule=self.datamodule,
-                    ckpt_path=ckpt,
-                    verbose=False,
-                    weights_only=True,
-                )
+                for evaluate in (trainer.validate, trainer.test):
+                    evaluate(
+                        module,
+                        datamodule=self.datamodule,
+                        ckpt_path=str(path),
+                        verbose=False,
+                        weights_only=True,
+                    )
                 metrics = {split: dict(module.last_metrics[split]) for split in ("val", "test")}
             else:
                 metrics = {split: same[split] for split in ("val", "test")}
