@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -qq --upgrade pip
 	# torch first: pip takes these two wheels from the machine's disk.
 	$(BIN)/pip install -qq torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -qq -e '.[dev]'
+	# compat: the project root on sys.path, so Hydra's plugin scan (pkgutil) sees
+	# hydra_plugins/hsi_launcher; the default editable finder hides it from the scan.
+	$(BIN)/pip install -qq -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 demo: $(STAMP)  ## the main job on the embedded synthetic source, ending in the paper-style tables

@@ -14,6 +14,7 @@ import pytest
 from helpers import (
     BIN,
     FAST,
+    HSI_TRAIN,
     ROOT,
     TINY,
     check_results,
@@ -124,3 +125,17 @@ def test_generation_shards_as_a_slurm_array_match_one_local_build(slurm, tmp_pat
         timeout=300,
     )
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+
+
+def test_an_sbatch_refusal_on_the_real_cluster_is_one_line(slurm, tmp_path):
+    """A partition the cluster does not have: sbatch refuses the array, and hsi-train says so in
+    one line naming the launcher key (exit 2), not in submitit's traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    args = ["-m", *LAUNCHER, "hydra.launcher.partition=no_such_partition", "seed=0"]
+    args += [*hsi_data(tmp_path), *FAST, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(HSI_TRAIN), *args], **run)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "hydra.launcher.partition" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

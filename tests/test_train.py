@@ -176,7 +176,7 @@ def test_an_sbatch_refusal_is_one_line_naming_the_launcher_key(monkeypatch, caps
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
     from submitit.core.utils import FailedJobError
 
-    from hsi.launcher import SlurmLauncher
+    from hydra_plugins.hsi_launcher.slurm_launcher import SlurmLauncher
 
     stderr = "sbatch: error: Invalid generic resource (gres) specification"
 
