@@ -31,6 +31,7 @@ from hsi.generate.layout import (
     DatasetFolder,
     LockedError,
     generation_config,
+    hold_lock,
     without_runtime_keys,
 )
 from hsi.generate.recipe import COLUMNS, needed_images
@@ -420,7 +421,8 @@ def test_export_png_is_compose_bit_exact(reference, source_root, recipe, tmp_pat
         run_export(
             make_cfg(reference, source_root, f"export.dir={halves}", f"shard={i}", "num_shards=2")
         )
-    assert tree(halves) == tree(dest)
+    unlocked = lambda folder: {k: v for k, v in tree(folder).items() if not k.startswith(".lock-")}  # noqa: E731
+    assert unlocked(halves) == unlocked(dest)  # the same files but for each shard's lock file
 
 
 def test_export_jpeg(reference, source_root, recipe, tmp_path):
@@ -688,6 +690,20 @@ def test_export_replaces_files_it_did_not_write(reference, source_root, tmp_path
     assert summary.replaced == [relpath] and summary.written == 1
     assert "replaced 1" in summary.report() and relpath in summary.report()
     assert (dest / relpath).read_bytes() == clean
+
+
+def test_a_second_export_of_the_same_shard_fails_naming_the_holder(
+    reference, source_root, tmp_path
+):
+    dest = tmp_path / "exp"
+    cfg = make_cfg(reference, source_root, f"export.dir={dest}")
+    with hold_lock(dest, "export", 0, 1):
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}.*shard 0 of 1"):
+            run_export(cfg)
+        assert not (dest / "metadata.csv").exists()  # nothing of the refused shard written
+    with hold_lock(dest, "export", 1, 2):  # another shard's lock does not block this one
+        assert run_export(cfg).written > 0
+    assert (dest / "metadata.csv").is_file()
 
 
 def test_unreadable_entries_are_skips_listed_in_skipped_csv(source_root, tmp_path):

@@ -31,6 +31,7 @@ from hsi.generate.layout import (
     EXPORT_SETTINGS_FILE,
     DatasetFolder,
     csv_bytes,
+    hold_lock,
 )
 from hsi.io import atomic_write_bytes, png_bytes, remove_stale_temps, shard_items, write_once
 from hsi.workers import ordered_map
@@ -166,33 +167,35 @@ def run_export(cfg: DictConfig) -> ExportSummary:
     settings_bytes = (json.dumps(settings_doc, indent=2) + "\n").encode()
     hint = f"delete {dest} or set export.dir to another folder"
     write_once(dest / EXPORT_SETTINGS_FILE, settings_bytes, hint)
-    rows = sorted(table.to_dict("records"), key=lambda r: r["sample_id"])
-    mine = shard_items(rows, shard, num_shards)
-    _check_assets(composer, mine)
-    remove_stale_temps(dest / r["path"] for r in mine)
+    # two processes on one shard would write the same files: the second fails naming the first
+    with hold_lock(dest, "export", shard, num_shards):
+        rows = sorted(table.to_dict("records"), key=lambda r: r["sample_id"])
+        mine = shard_items(rows, shard, num_shards)
+        _check_assets(composer, mine)
+        remove_stale_temps(dest / r["path"] for r in mine)
 
-    summary = ExportSummary(dest=dest, shard=shard, num_shards=num_shards, samples=len(mine))
-    tasks = [({k: v for k, v in row.items() if k != "path"}, row["path"]) for row in mine]
-    settings = ExportSettings(
-        out=str(out), dest=str(dest), fmt=fmt, quality=int(cfg.export.quality)
-    )
-    for done in ordered_map(
-        export_one,
-        tasks,
-        workers=int(cfg.workers),
-        init=Exporter,
-        init_args=(settings,),
-        progress=bool(cfg.get("progress", True)),
-        desc=f"export shard {shard}/{num_shards}",
-        unit="img",
-    ):
-        relpath, status = done
-        if status == "kept":
-            summary.skipped += 1
-        else:
-            summary.written += 1
-            if status == "replaced":
-                summary.replaced.append(relpath)
-    write_once(meta_path, meta_bytes, f"delete {dest} or set export.dir to another folder")
+        summary = ExportSummary(dest=dest, shard=shard, num_shards=num_shards, samples=len(mine))
+        tasks = [({k: v for k, v in row.items() if k != "path"}, row["path"]) for row in mine]
+        settings = ExportSettings(
+            out=str(out), dest=str(dest), fmt=fmt, quality=int(cfg.export.quality)
+        )
+        for done in ordered_map(
+            export_one,
+            tasks,
+            workers=int(cfg.workers),
+            init=Exporter,
+            init_args=(settings,),
+            progress=bool(cfg.get("progress", True)),
+            desc=f"export shard {shard}/{num_shards}",
+            unit="img",
+        ):
+            relpath, status = done
+            if status == "kept":
+                summary.skipped += 1
+            else:
+                summary.written += 1
+                if status == "replaced":
+                    summary.replaced.append(relpath)
+        write_once(meta_path, meta_bytes, f"delete {dest} or set export.dir to another folder")
     summary.seconds = time.perf_counter() - start
     return summary

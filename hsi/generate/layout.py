@@ -313,33 +313,43 @@ class DatasetFolder:
         return atomic_write_bytes(self.skipped_path, csv_bytes(frame))
 
     # ---- locks
-    @contextlib.contextmanager
     def lock(
         self, what: str, shard: int | None = None, num_shards: int | None = None, wait: bool = False
-    ) -> Iterator:
-        """Hold `what`'s lock (e.g. build shard 0 of 4) or fail at once naming the holder's pid.
+    ) -> contextlib.AbstractContextManager:
+        """Hold `what`'s lock in this folder (e.g. build shard 0 of 4); see `hold_lock`."""
+        return hold_lock(self.out, what, shard, num_shards, wait)
 
-        `wait=True` waits for the holder instead (short critical sections such as skipped.csv).
-        """
-        name = f".lock-{what}" + (f"-{shard}-of-{num_shards}" if shard is not None else "")
-        path = self.out / name
-        self.out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+@contextlib.contextmanager
+def hold_lock(
+    folder: Path,
+    what: str,
+    shard: int | None = None,
+    num_shards: int | None = None,
+    wait: bool = False,
+) -> Iterator:
+    """Hold `what`'s lock (`.lock-<what>[-<i>-of-<n>]` in `folder`) or fail at once naming the
+    holder's pid. `wait=True` waits for the holder instead (short critical sections such as
+    skipped.csv). Build shards lock in the dataset folder, export shards in the export folder."""
+    name = f".lock-{what}" + (f"-{shard}-of-{num_shards}" if shard is not None else "")
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-                where = f"shard {shard} of {num_shards}" if shard is not None else "it"
-                raise LockedError(
-                    f"another process (pid {holder}) is running {what} on {where} of {self.out} "
-                    f"(lock {path}); wait for it to end or stop it"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock; the file stays (unlinking it would race)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            where = f"shard {shard} of {num_shards}" if shard is not None else "it"
+            raise LockedError(
+                f"another process (pid {holder}) is running {what} on {where} of {folder} "
+                f"(lock {path}); wait for it to end or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays (unlinking it would race)
 
 
 __all__ = [
@@ -355,6 +365,7 @@ __all__ = [
     "DatasetFolder",
     "DatasetSpec",
     "LockedError",
+    "hold_lock",
     "csv_bytes",
     "generation_config",
     "read_export_recipe",
