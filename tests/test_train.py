@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from hsi.embeddings import data_key
+from hsi.generate.layout import DatasetFolder
 from hsi.groups import PLACEMENTS, make_groups
 from hsi.loggers import group_table_rows
 from hsi.models import create_model
@@ -414,6 +415,31 @@ def work(tmp_path_factory) -> Path:
     dm = instantiate(compose_train([*hsi_data(tmp), "out=/x"]).data)
     dm.prepare_data()
     return tmp
+
+
+@pytest.mark.slow
+def test_samples_of_failed_assets_are_counted_in_results(tmp_path, monkeypatch):
+    """An image whose assets fail at build time: training leaves its samples out (drop_failed,
+    the default) and results.json counts them, in total and per split."""
+    import hsi.generate.build as build
+
+    real, failed = build.make_item, []
+
+    def fail_first_train_image(maker, task):
+        if task.key.startswith("train/") and not failed:
+            failed.append(task.key)
+            return build.ItemResult(task.key, "failed", "inpaint: forced by the test")
+        return real(maker, task)
+
+    monkeypatch.setattr(build, "make_item", fail_first_train_image)
+    instantiate(compose_train([*hsi_data(tmp_path), "out=/x"]).data).prepare_data()
+    recipe = DatasetFolder(tmp_path / "hsi_data").read_recipe()
+    uses = recipe[recipe["fg_image"].isin(failed) | recipe["bg_image"].isin(failed)]
+    assert len(failed) == 1 and len(uses) > 0
+
+    hsi_train([*hsi_data(tmp_path), *FAST, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    dropped = read_results(tmp_path / "run")["dropped_samples"]
+    assert dropped == {"total": len(uses), **uses["split"].value_counts().to_dict()}
 
 
 @pytest.fixture(scope="module")
