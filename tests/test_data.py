@@ -375,6 +375,35 @@ def test_exported_png_files_serve_the_same_batches(built, dm, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_the_pixel_cache_serves_the_same_batches_and_composes_each_sample_once(built, dm):
+    import hsi.data.datasets as datasets
+
+    cached = make_module(built[0], cache_mb=4)
+    cached.setup("fit")
+    calls = []
+    real = datasets.compose
+    counting = lambda *a, **k: calls.append(a[0]["fg_image"]) or real(*a, **k)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets, "compose", counting)
+        for loader in ("train_dataloader", "val_dataloader", "train_dataloader"):
+            for a, b in zip(
+                full_epoch(getattr(cached, loader)()),
+                full_epoch(getattr(dm, loader)()),
+                strict=True,
+            ):
+                assert torch.equal(a, b)
+    served = len(cached.dataset("train")) + len(cached.dataset("val"))
+    # the uncached module composed every read, the cached one each sample once
+    assert len(cached.pixel_cache) == served
+    assert len(calls) == 2 * len(cached.dataset("train")) + len(cached.dataset("val")) + served
+    tiny = make_module(built[0], cache_mb=1e-4)  # 104 bytes: no 64 px sample fits
+    tiny.setup("fit")
+    full_epoch(tiny.train_dataloader())
+    assert len(tiny.pixel_cache) == 0 and tiny.pixel_cache.used == 0
+    with pytest.raises(ValueError, match="cache_mb"):
+        HSIDataModule(built[0].data.generate, cache_mb=-1)
+
+
 # ----------------------------------------------------------------------------- source
 @pytest.fixture(scope="module")
 def source_dm(built) -> SourceDataModule:

@@ -34,6 +34,35 @@ def _unpack(item: Index) -> tuple[int, int | None]:
     return int(item), None
 
 
+class PixelCache:
+    """Composed samples kept in memory, up to `max_bytes`, keyed by sample_id.
+
+    Composing (decode two PNGs, resize, paste) costs about as much as a training step of a small
+    model at 64 px, and a sample's pixels are the same in every epoch (augmentation comes after),
+    so later epochs read them from here. Entries are read-only arrays; once the budget is spent,
+    further samples are composed each time. It lives in the process that reads the data: with
+    DataLoader workers it helps only when they persist (`persistent_workers=true`).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.used = 0
+        self._pixels: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        pixels = self._pixels.get(key)
+        if pixels is None:
+            pixels = make()
+            if self.used + pixels.nbytes <= self.max_bytes:
+                pixels.setflags(write=False)
+                self._pixels[key] = pixels
+                self.used += pixels.nbytes
+        return pixels
+
+    def __len__(self) -> int:
+        return len(self._pixels)
+
+
 class HSIDataset(Dataset):
     """Hard-Spurious-ImageNet samples of some recipe rows, composed from the assets on the fly.
 
@@ -51,8 +80,10 @@ class HSIDataset(Dataset):
         paste: str = "rect",
         transform: Callable | None = None,
         from_export: bool = False,
+        cache: PixelCache | None = None,
     ) -> None:
         rows = recipe_rows.reset_index(drop=True)
+        self.cache = cache
         self.resolution = int(resolution)
         self.resize_mode = resize_mode
         self.paste = paste
@@ -81,6 +112,11 @@ class HSIDataset(Dataset):
 
     def image(self, i: int) -> np.ndarray:
         """The uint8 resolution x resolution x 3 pixels of sample i, before any transform."""
+        if self.cache is not None:
+            return self.cache.get(self.sample_ids[i], lambda: self._image(i))
+        return self._image(i)
+
+    def _image(self, i: int) -> np.ndarray:
         if self.from_export:
             pixels = load_rgb(self.root / self.paths[i])
             if pixels.shape[:2] != (self.resolution, self.resolution):

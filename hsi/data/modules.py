@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from hsi.data.datasets import EpochSampler, HSIDataset, SourceDataset
+from hsi.data.datasets import EpochSampler, HSIDataset, PixelCache, SourceDataset
 from hsi.data.transforms import (
     AUGMENTS,
     IMAGENET_MEAN,
@@ -131,6 +131,7 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         export_dir: str | None = None,
         persistent_workers: bool = False,
+        cache_mb: float = 0,
     ) -> None:
         super().__init__()
         _check_choice("sampling", sampling, SAMPLINGS)
@@ -148,6 +149,10 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.export_dir = Path(export_dir) if export_dir else None
         self.persistent_workers = bool(persistent_workers)
+        if cache_mb < 0:
+            raise ValueError(f"data.cache_mb must be >= 0 (0: no cache), got {cache_mb}")
+        # one cache for every split's datasets (sample ids are unique across splits)
+        self.pixel_cache = PixelCache(int(cache_mb * 2**20)) if cache_mb else None
         self.spec = DatasetSpec.from_config(self.generate.dataset)
         self.resolution = self.spec.resolution
         self.train_repeats: np.ndarray | None = None
@@ -216,6 +221,7 @@ class HSIDataModule(_Loaders, L.LightningDataModule):
             paste=self.spec.paste,
             transform=transform,
             from_export=self.export_dir is not None,
+            cache=self.pixel_cache,
         )
 
     def upsample_train(self, repeats: Sequence[int] | np.ndarray) -> int:
