@@ -24,6 +24,7 @@ from hsi.groups import make_groups
 from hsi.methods import (
     DFRModule,
     ERMModule,
+    HeadTask,
     JTTModule,
     OfficialRecipe,
     PaperRecipe,
@@ -515,13 +516,11 @@ def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     X, y, g = grouped_features(3)
     embeddings = {"val": (X, y, g)}
     module = OfficialRecipe(n_subsets=2, c_grid=(1.0, 0.1), scaler_on="val").fit(
-        embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
+        embeddings, HeadTask(3, SIZES, 0, "erm.ckpt", "dfr")
     )
     assert module.hparams["variant"] == "official" and module.hparams["chosen_C"] in (1.0, 0.1)
     paper = PaperRecipe(epochs=5, lr=1.0, l2=1.0)
-    module = paper.fit(
-        embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
-    )
+    module = paper.fit(embeddings, HeadTask(3, SIZES, 0, "erm.ckpt", "dfr"))
     assert module.hparams["variant"] == "paper" and paper.record() == {
         "epochs": 5,
         "lr": 1.0,
@@ -532,6 +531,4 @@ def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     with pytest.raises(ValueError, match="method.variant.*lr > 0"):
         PaperRecipe(lr=0)
     with pytest.raises(ValueError, match="method.variant.lr or method.variant.l2"):
-        PaperRecipe(lr=1.0, l2=1e6).fit(
-            embeddings, num_classes=3, groups=SIZES, seed=0, checkpoint="erm.ckpt", method="dfr"
-        )
+        PaperRecipe(lr=1.0, l2=1e6).fit(embeddings, HeadTask(3, SIZES, 0, "erm.ckpt", "dfr"))

@@ -9,6 +9,7 @@ from hsi.methods.base import GroupEvalModule, Method, evaluating, split_batch
 from hsi.methods.dfr import (
     DFR,
     DFRModule,
+    HeadTask,
     OfficialRecipe,
     PaperRecipe,
     balanced_subset,
@@ -36,6 +37,7 @@ __all__ = [
     "JTT",
     "JTTModule",
     "Method",
+    "HeadTask",
     "OfficialRecipe",
     "PaperRecipe",
     "Pretrained",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,17 @@ class DFRModule(GroupEvalModule):
 
 
 # --------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class HeadTask:
+    """What a recipe's fitted head is for, and what it records beside its weights."""
+
+    num_classes: int
+    groups: Any
+    seed: int
+    checkpoint: str  # the stage-1 model whose embeddings the head is fit on
+    method: str
+
+
 class PaperRecipe:
     """The paper's recipe (``method/variant=paper``): :func:`fit_dfr_paper` on the val embeddings."""
 
@@ -153,19 +165,14 @@ class PaperRecipe:
             )
         self.options = {"epochs": int(epochs), "lr": float(lr), "l2": float(l2)}
 
-    def fit(
-        self,
-        embeddings: dict[str, Embeddings],
-        *,
-        num_classes: int,
-        groups: Any,
-        seed: int,
-        checkpoint: str,
-        method: str,
-    ) -> DFRModule:
+    def fit(self, embeddings: dict[str, Embeddings], task: HeadTask) -> DFRModule:
         X, y, _ = embeddings["val"]
-        scaler, linear = fit_dfr_paper(X, y, num_classes=num_classes, seed=seed, **self.options)
-        return DFRModule.from_paper(scaler, linear, groups, checkpoint=checkpoint, method=method)
+        scaler, linear = fit_dfr_paper(
+            X, y, num_classes=task.num_classes, seed=task.seed, **self.options
+        )
+        return DFRModule.from_paper(
+            scaler, linear, task.groups, checkpoint=task.checkpoint, method=task.method
+        )
 
     def record(self) -> dict[str, Any]:
         return dict(self.options)
@@ -192,16 +199,7 @@ class OfficialRecipe:
         self.n_subsets, self.c_grid, self.scaler_on = int(n_subsets), list(c_grid), scaler_on
         self.splits = ("val", "test", "train") if scaler_on == "train" else ("val", "test")
 
-    def fit(
-        self,
-        embeddings: dict[str, Embeddings],
-        *,
-        num_classes: int,
-        groups: Any,
-        seed: int,
-        checkpoint: str,
-        method: str,
-    ) -> DFRModule:
+    def fit(self, embeddings: dict[str, Embeddings], task: HeadTask) -> DFRModule:
         X, y, g = embeddings["val"]
         scaler_X = embeddings["train"][0] if "train" in embeddings else None
         scaler, coef, intercept, C = fit_dfr_official(
@@ -210,12 +208,18 @@ class OfficialRecipe:
             g,
             n_subsets=self.n_subsets,
             c_grid=self.c_grid,
-            seed=seed,
-            num_classes=num_classes,
+            seed=task.seed,
+            num_classes=task.num_classes,
             scaler_X=scaler_X,
         )
         return DFRModule.from_official(
-            scaler, coef, intercept, groups, chosen_C=C, checkpoint=checkpoint, method=method
+            scaler,
+            coef,
+            intercept,
+            task.groups,
+            chosen_C=C,
+            checkpoint=task.checkpoint,
+            method=task.method,
         )
 
     def record(self) -> dict[str, Any]:
@@ -276,14 +280,8 @@ class DFR(Method):
                 "read from the cache" if hit else "cached at",
                 path,
             )
-        module = self.recipe.fit(
-            embeddings,
-            num_classes=job.num_classes,
-            groups=job.groups,
-            seed=int(cfg.seed),
-            checkpoint=str(stage1),
-            method=self.name,
-        )
+        task = HeadTask(job.num_classes, job.groups, int(cfg.seed), str(stage1), self.name)
+        module = self.recipe.fit(embeddings, task)
         trainer = job.make_trainer(job.out, job.loggers, checkpointing=False)
         trainer.validate(module, dataloaders=embedding_loader(*embeddings["val"]), verbose=False)
         trainer.test(module, dataloaders=embedding_loader(*embeddings["test"]), verbose=False)
