@@ -137,6 +137,9 @@ def test_bad_choices_are_refused(built):
         HSIDataModule(cfg.data.generate, augment="strong")
     with pytest.raises(ValueError, match="val_fraction must lie in"):
         SourceDataModule(cfg.data.generate.source, val_fraction=1.5)
+    for crop_scale in ([0.0, 1.0], [0.5, 0.4], [0.3]):
+        with pytest.raises(ValueError, match=r"data\.crop_scale="):
+            SourceDataModule(cfg.data.generate.source, crop_scale=crop_scale)
 
 
 # ----------------------------------------------------------------------------- prepare_data
@@ -434,6 +437,13 @@ def test_source_module_batches(source_dm):
     image = Image.fromarray(load_rgb(data.root / data.paths[0])).resize((64, 64), Image.BILINEAR)
     expected = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
     np.testing.assert_allclose(xv[0].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_source_crop_scale_reaches_the_random_resized_crop(source_dm):
+    module = SourceDataModule(source_dm.source, resolution=32, crop_scale=[0.35, 1.0])
+    module.setup("fit")
+    (crop,) = [t for t in module.dataset("train", True).transform.transforms if hasattr(t, "scale")]
+    assert tuple(crop.scale) == (0.35, 1.0)
 
 
 def test_source_val_fraction_holds_out_part_of_train(source_dm):

@@ -24,6 +24,7 @@ from hsi.data.transforms import (
     AUGMENTS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    PAPER_CROP_SCALE,
     eval_transform,
     train_transform,
 )
@@ -302,11 +303,18 @@ class SourceDataModule(_Loaders, L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         persistent_workers: bool = False,
+        crop_scale: Sequence[float] = PAPER_CROP_SCALE,
     ) -> None:
         super().__init__()
         _check_choice("augment", augment, AUGMENTS)
         if val_fraction is not None and not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1) or be null, got {val_fraction}")
+        crop_scale = tuple(float(v) for v in crop_scale)
+        if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+            raise ValueError(
+                f"data.crop_scale={list(crop_scale)} must be [low, high] with 0 < low <= high <= 1"
+            )
+        self.crop_scale = crop_scale
         self.source = _plain_config(source)
         self.resolution = int(resolution)
         self.batch_size = int(batch_size)
@@ -360,7 +368,12 @@ class SourceDataModule(_Loaders, L.LightningDataModule):
             raise RuntimeError(f"no split {split!r}: call setup() first (splits: train, val, test)")
         if train_transforms:
             transform = train_transform(
-                self.resolution, self.augment, self.mean, self.std, resize=True
+                self.resolution,
+                self.augment,
+                self.mean,
+                self.std,
+                resize=True,
+                crop_scale=self.crop_scale,
             )
         else:
             transform = eval_transform(self.mean, self.std, resize=self.resolution)
