@@ -201,7 +201,8 @@ def test_demo_study_is_the_demo_chain(tmp_path):
     assert f"method.erm_checkpoint={out}/runs/erm" in lines["dfr"]
     assert f"hydra.run.dir={out}/runs/dfr" in lines["dfr"]
     assert lines["validate"] == ["hsi-generate", "validate", f"out={out}/hsi64"]
-    assert lines["report"][-2:] == [f"out={out}/report", "print=[table5,table3]"]
+    assert lines["report"][-4:-2] == [f"out={out}/report", "print=[table5,table3]"]
+    assert f"samples.dataset={out}/hsi64" in lines["report"]
     assert {s.name for s in stages if s.placeholder} == {"rank", "detect"}
     summary = cfg.study.summary[0]
     assert summary._target_ == "hsi.study.summaries.table3"

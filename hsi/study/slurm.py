@@ -56,7 +56,9 @@ def executor_parameters(launcher: Mapping[str, Any], stage: Stage) -> dict[str, 
 class SlurmStages:
     """Submit, record and look up the jobs of a study's stages."""
 
-    def __init__(self, out: Path, launcher: Mapping[str, Any], study: Mapping[str, Any] | None = None):
+    def __init__(
+        self, out: Path, launcher: Mapping[str, Any], study: Mapping[str, Any] | None = None
+    ):
         if shutil.which("sbatch") is None or shutil.which("squeue") is None:
             raise StudyError(
                 "hydra/launcher=slurm: sbatch/squeue are not on PATH; run on a SLURM login node "
