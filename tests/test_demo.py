@@ -156,3 +156,26 @@ def test_demo_reproduces_the_papers_findings(tmp_path):
     findings = check_findings(results)
     assert [f for f in findings if not f.holds] == [], format_findings(findings)
     assert f"({len(findings)} of {len(findings)} hold)" in done.stdout
+
+
+def test_demo_study_summary_prints_the_tables_and_findings(tmp_path):
+    """study=demo's closing text (conf/study/demo.yaml `summary`) on runs with Table 3's pattern."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from hsi.results import write_results
+    from hsi.study.driver import summary
+
+    folders = {"Pretrained": "pretrained", "ERM": "erm", "ERM_all": "erm_all", "JTT": "jtt"}
+    folders["DFR"] = "dfr"
+    for name, results in paper_like().items():
+        write_results(tmp_path / "runs" / folders[name], {"status": "complete", **results})
+    write_results(tmp_path / "runs" / "source", {"status": "complete", "test": {"acc": 0.9}})
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("study", ["study=demo", f"out={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    text = summary(cfg)
+    assert "Test accuracy (%) by category (cf. paper 000, Table 3)" in text
+    assert "ERM_all: test accuracy (%) of the 12 groups" in text
+    assert "(9 of 9 hold)" in text and "source val): 90.00%" in text
+    assert f"{tmp_path}/hsi64" in text  # where the outputs are

@@ -296,8 +296,12 @@ def test_smoke_study_as_slurm_jobs(slurm, tmp_path):  # noqa: F811
     """Each stage a job, the sweep an array, `scores` and `train` after `synth`'s job."""
     out = tmp_path / "study"
     args = ["study=smoke", f"out={out}", *LAUNCHER, "poll_s=2"]
-    proc = hsi_study(*args, cwd=tmp_path, timeout=1500)
-    assert "[synth] submitted as job" in proc.stdout
+    submit = hsi_study(*args, "wait=false", cwd=tmp_path)
+    assert submit.stdout.count("submitted as job") == 3, submit.stdout
+    status = hsi_study(*args, "--status", cwd=tmp_path)
+    assert "(job " in status.stdout, status.stdout  # a queued or running job, by its id
+    proc = hsi_study(*args, cwd=tmp_path, timeout=1500)  # a second driver attaches to them
+    assert "submitted" not in proc.stdout and "already queued as job" in proc.stdout, proc.stdout
     records = {p.stem: json.loads(p.read_text()) for p in (out / ".study" / "jobs").glob("*.json")}
     assert set(records) == {"synth", "scores", "train"}
     assert len(records["train"]["commands"]) == 2  # one array of two tasks
@@ -305,6 +309,8 @@ def test_smoke_study_as_slurm_jobs(slurm, tmp_path):  # noqa: F811
     for name in SMOKE_RESULTS:
         assert read_results(out / Path(name).parent)["status"] == "complete"
     assert (out / "scores" / "scores.csv").is_file()
+    logs = [p.read_text() for p in (out / ".study" / "slurm").rglob("*_log.out")]
+    assert len(logs) == 4 and any("synthetic source at" in text for text in logs)  # streamed
     again = hsi_study(*args, cwd=tmp_path)
     assert "submitted" not in again.stdout and again.stdout.count("done") >= 3
 

@@ -77,7 +77,8 @@ def run_study(cfg: DictConfig, launcher: Mapping[str, Any] | None = None) -> str
     if cfg.dry_run:
         print("\n".join(dry_run_lines(stages)))
         return None
-    print("\n".join(status_lines(stages)), flush=True)
+    jobs = _queued(stages, _slurm_stages(out, launcher, cfg)) if slurm else None
+    print("\n".join(status_lines(stages, jobs)), flush=True)
     if cfg.show_status:
         return None
     started = time.time()
@@ -110,14 +111,31 @@ def summary(cfg: DictConfig) -> str | None:
     return "\n\n".join(str(instantiate(n)) for n in nodes)
 
 
+def _slurm_stages(out: Path, launcher: Mapping[str, Any], cfg: DictConfig) -> SlurmStages:
+    if isinstance(launcher, DictConfig):
+        launcher = OmegaConf.to_container(launcher, resolve=True)
+    study = OmegaConf.to_container(cfg.study.get("launcher") or OmegaConf.create(), resolve=True)
+    return SlurmStages(out, launcher, study)
+
+
+def _queued(stages: Sequence[Stage], slurm: SlurmStages) -> dict[str, str]:
+    """stage -> SLURM's state of its recorded job, for the stages whose job is queued or running."""
+    states = {}
+    for stage in stages:
+        if stage.placeholder or stage.done():
+            continue
+        job_id = slurm.job_id(stage)
+        state = slurm.live(job_id)
+        if state:
+            states[stage.name] = f"{state} (job {job_id})"
+    return states
+
+
 def _drive_slurm(
     stages: Sequence[Stage], out: Path, launcher: Mapping[str, Any], cfg: DictConfig
 ) -> bool:
     """Submit what is left; with cfg.wait follow the jobs to the end. True when all are done."""
-    if isinstance(launcher, DictConfig):
-        launcher = OmegaConf.to_container(launcher, resolve=True)
-    study = OmegaConf.to_container(cfg.study.get("launcher") or OmegaConf.create(), resolve=True)
-    slurm = SlurmStages(out, launcher, study)
+    slurm = _slurm_stages(out, launcher, cfg)
     done = {s.name for s in stages if s.done()}
     jobs: dict[str, str] = {}
     for stage in stages:

@@ -11,6 +11,7 @@ SLURM's accounting says (the one-node test cluster keeps none).
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -51,6 +52,15 @@ def executor_parameters(launcher: Mapping[str, Any], stage: Stage) -> dict[str, 
     }
     params["name"] = f"hsi-{stage.name}"
     return params
+
+
+def run_command(argv: list[str], cwd: str) -> int:
+    """What a stage's job runs: the command, its output streamed to the job's log (submitit's
+    CommandFunction would hold it all in memory); a non-zero exit fails the job."""
+    done = subprocess.run(argv, cwd=cwd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} exited with {done.returncode}")
+    return done.returncode
 
 
 class SlurmStages:
@@ -125,9 +135,7 @@ class SlurmStages:
         try:
             with executor.batch():  # several combinations: one array job
                 jobs = [
-                    executor.submit(
-                        submitit.helpers.CommandFunction(executable(stage, c), cwd=Path.cwd())
-                    )
+                    executor.submit(run_command, executable(stage, c), str(Path.cwd()))
                     for c in combos
                 ]
         except FailedJobError as err:  # sbatch refused: one line naming the key to change
