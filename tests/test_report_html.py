@@ -55,6 +55,7 @@ def chromium() -> str:
     return exe
 
 
+@pytest.mark.slow  # the dataset build
 def test_fig5_is_one_image_in_the_12_groups(dataset, tmp_path):
     composer = Composer.from_output(dataset)
     rows = fig5_rows(composer, seed=3)
@@ -74,6 +75,7 @@ def test_fig5_is_one_image_in_the_12_groups(dataset, tmp_path):
     assert a[0].read_bytes() == b[0].read_bytes()  # same dataset and seed, same bytes
 
 
+@pytest.mark.slow
 def test_fig10_shows_originals_beside_their_backgrounds(dataset, tmp_path):
     from PIL import Image
 

@@ -156,15 +156,16 @@ def composes(argv: list[str]) -> None:
     args = [a for a in argv[1:] if a not in ("build", "validate", "export", "-m")]
     if argv[0] == "hsi-report":
         args = [a for a in args if "=" in a]  # positional run folders
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(CONFIG_OF[argv[0]], args, return_hydra_config=True)
+    cfg = compose(CONFIG_OF[argv[0]], args, return_hydra_config=True)
     OmegaConf.resolve(cfg.hydra.run)
 
 
 @pytest.mark.parametrize("study", ["demo", "paper", "smoke"])
 def test_every_command_of_a_study_composes(study, tmp_path):
-    for lines in commands(study_cfg(f"study={study}", f"out={tmp_path}")).values():
-        composes(lines[0])  # one per stage: its combinations differ by one key
+    lines = commands(study_cfg(f"study={study}", f"out={tmp_path}")).values()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for argv in lines:
+            composes(argv[0])  # one per stage: its combinations differ by one key
 
 
 def test_demo_study_is_the_demo_chain(tmp_path):
@@ -295,7 +296,9 @@ def test_a_killed_study_rerun_finishes_with_the_same_results(tmp_path):
 def test_smoke_study_as_slurm_jobs(slurm, tmp_path):  # noqa: F811
     """Each stage a job, the sweep an array, `scores` and `train` after `synth`'s job."""
     out = tmp_path / "study"
-    args = ["study=smoke", f"out={out}", *LAUNCHER, "poll_s=2"]
+    # the study's launcher keys (1 CPU, 2 GB) over slurm.yaml's, the command line's over both
+    args = ["study=smoke", f"out={out}", "hydra/launcher=slurm", "hydra.launcher.timeout_min=9"]
+    args.append("poll_s=2")
     submit = hsi_study(*args, "wait=false", cwd=tmp_path)
     assert submit.stdout.count("submitted as job") == 3, submit.stdout
     status = hsi_study(*args, "--status", cwd=tmp_path)
@@ -309,10 +312,13 @@ def test_smoke_study_as_slurm_jobs(slurm, tmp_path):  # noqa: F811
     for name in SMOKE_RESULTS:
         assert read_results(out / Path(name).parent)["status"] == "complete"
     assert (out / "scores" / "scores.csv").is_file()
+    scripts = [p.read_text() for p in (out / ".study" / "slurm").rglob("*_submission.sh")]
+    assert scripts and all("--time=9\n" in t and "--cpus-per-task=1\n" in t for t in scripts)
+    assert any("--dependency=afterok:" + records["synth"]["job_id"] in t for t in scripts)
     logs = [p.read_text() for p in (out / ".study" / "slurm").rglob("*_log.out")]
     assert len(logs) == 4 and any("synthetic source at" in text for text in logs)  # streamed
     again = hsi_study(*args, cwd=tmp_path)
     assert "submitted" not in again.stdout and again.stdout.count("done") >= 3
 
 
-from test_slurm import LAUNCHER, slurm  # noqa: E402, F401  (the one-node cluster fixture)
+from test_slurm import slurm  # noqa: E402, F401  (the one-node cluster fixture)

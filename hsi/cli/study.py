@@ -26,9 +26,13 @@ FLAGS = {"--dry-run": "dry_run=true", "--status": "show_status=true"}
 def _app(cfg: DictConfig) -> None:
     from hsi.study import StudyError, run_study
 
-    launcher = OmegaConf.to_container(HydraConfig.get().launcher, resolve=False)
+    hydra_cfg = HydraConfig.get()
+    launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
+    # hydra.launcher.<key>=... given on the command line win over the study's `launcher` keys
+    given = [o.split("=", 1)[0] for o in hydra_cfg.overrides.hydra]
+    cli_keys = [k.removeprefix("hydra.launcher.") for k in given if k.startswith("hydra.launcher.")]
     try:
-        run_study(cfg, launcher)
+        run_study(cfg, launcher, cli_keys)
     except (StudyError, FileNotFoundError, ValueError) as err:  # says what to fix
         sys.exit(f"hsi-study: {err}")
 

@@ -68,8 +68,14 @@ def dry_run_lines(stages: Sequence[Stage]) -> list[str]:
     return lines
 
 
-def run_study(cfg: DictConfig, launcher: Mapping[str, Any] | None = None) -> str | None:
-    """Run (or show) the study of `cfg.study`; return the summary text when it ran through."""
+def run_study(
+    cfg: DictConfig,
+    launcher: Mapping[str, Any] | None = None,
+    cli_keys: Sequence[str] = (),
+) -> str | None:
+    """Run (or show) the study of `cfg.study`; return the summary text when it ran through.
+    `launcher` is hydra.launcher; `cli_keys` its keys set on the command line, which win over
+    `study.launcher` (and lose to a stage's own `launcher` keys)."""
     stages = load_stages(cfg.study.stages)
     out = Path(str(cfg.out))
     slurm = is_slurm(launcher)
@@ -77,13 +83,13 @@ def run_study(cfg: DictConfig, launcher: Mapping[str, Any] | None = None) -> str
     if cfg.dry_run:
         print("\n".join(dry_run_lines(stages)))
         return None
-    jobs = _queued(stages, _slurm_stages(out, launcher, cfg)) if slurm else None
+    jobs = _queued(stages, _slurm_stages(out, launcher, cfg, cli_keys)) if slurm else None
     print("\n".join(status_lines(stages, jobs)), flush=True)
     if cfg.show_status:
         return None
     started = time.time()
     if slurm:
-        if not _drive_slurm(stages, out, launcher, cfg):
+        if not _drive_slurm(stages, _slurm_stages(out, launcher, cfg, cli_keys), cfg):
             return None
     else:
         for stage in stages:
@@ -111,10 +117,13 @@ def summary(cfg: DictConfig) -> str | None:
     return "\n\n".join(str(instantiate(n)) for n in nodes)
 
 
-def _slurm_stages(out: Path, launcher: Mapping[str, Any], cfg: DictConfig) -> SlurmStages:
+def _slurm_stages(
+    out: Path, launcher: Mapping[str, Any], cfg: DictConfig, cli_keys: Sequence[str] = ()
+) -> SlurmStages:
     if isinstance(launcher, DictConfig):
         launcher = OmegaConf.to_container(launcher, resolve=True)
     study = OmegaConf.to_container(cfg.study.get("launcher") or OmegaConf.create(), resolve=True)
+    study = {k: v for k, v in study.items() if k not in set(cli_keys)}
     return SlurmStages(out, launcher, study)
 
 
@@ -131,11 +140,8 @@ def _queued(stages: Sequence[Stage], slurm: SlurmStages) -> dict[str, str]:
     return states
 
 
-def _drive_slurm(
-    stages: Sequence[Stage], out: Path, launcher: Mapping[str, Any], cfg: DictConfig
-) -> bool:
+def _drive_slurm(stages: Sequence[Stage], slurm: SlurmStages, cfg: DictConfig) -> bool:
     """Submit what is left; with cfg.wait follow the jobs to the end. True when all are done."""
-    slurm = _slurm_stages(out, launcher, cfg)
     done = {s.name for s in stages if s.done()}
     jobs: dict[str, str] = {}
     for stage in stages:
