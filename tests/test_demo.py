@@ -138,10 +138,11 @@ def test_demo_arguments():
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_demo_reproduces_the_papers_findings(tmp_path):
-    """The whole demo (minutes on the CPU) into tmp_path; its runs show Table 3's findings."""
+    """The whole demo (minutes on the CPU) into tmp_path; its runs show Table 3's findings, and
+    the report has its HTML page with Figs. 5 and 10."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     done = subprocess.run(
-        [sys.executable, "-m", "hsi.demo", f"out={tmp_path}"],
+        [sys.executable, "-m", "hsi.cli.study", "study=demo", f"out={tmp_path}"],  # make demo
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -156,6 +157,10 @@ def test_demo_reproduces_the_papers_findings(tmp_path):
     findings = check_findings(results)
     assert [f for f in findings if not f.holds] == [], format_findings(findings)
     assert f"({len(findings)} of {len(findings)} hold)" in done.stdout
+    report = tmp_path / "report"
+    for name in ("index.html", "figures/fig5_samples.png", "figures/fig10_backgrounds.png"):
+        assert (report / name).is_file(), name
+    assert (report / "figures" / "extra" / "gradcam_gradcam_grid.png").is_file()
 
 
 def test_demo_study_summary_prints_the_tables_and_findings(tmp_path):
