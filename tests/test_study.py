@@ -116,6 +116,15 @@ def test_bad_stages_name_the_key(stages, message):
         load_stages(stages)
 
 
+def test_a_stage_of_a_command_not_installed_is_named(tmp_path, monkeypatch):
+    import hsi.study.local as local
+
+    monkeypatch.setattr(local, "BIN", tmp_path)  # an environment without the console scripts
+    stage = load_stages({"rank": {"command": ["hsi-rank", "x=1"]}})[0]
+    with pytest.raises(StudyError, match="study.stages.rank.command: hsi-rank is not installed"):
+        local.run_local(stage)
+
+
 def test_a_bad_study_is_one_line(tmp_path):
     proc = hsi_study(
         "study=smoke",

@@ -16,7 +16,13 @@ BIN = Path(sys.executable).parent  # the console scripts of the environment hsi-
 def executable(stage: Stage, combo: Mapping[str, str] | None = None) -> list[str]:
     """One command line of the stage with its command resolved in this environment's bin."""
     argv = stage.argv(combo)
-    return [str(BIN / argv[0]), *argv[1:]]
+    command = BIN / argv[0]
+    if not command.is_file():  # e.g. a stage of a command that is not installed yet
+        raise StudyError(
+            f"study.stages.{stage.name}.command: {argv[0]} is not installed in {BIN}; "
+            "reinstall hsi (pip install -e .) or drop the stage"
+        )
+    return [str(command), *argv[1:]]
 
 
 def run_local(stage: Stage) -> float:
