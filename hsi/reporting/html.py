@@ -76,6 +76,11 @@ def figure_html(path: Path, folder: Path) -> str:
     )
 
 
+def _natural(path: Path) -> list:
+    """fig5 before fig10: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
+
+
 def write_html(
     folder: Path,
     tables: Mapping[str, tuple[str, Any]],
@@ -84,7 +89,10 @@ def write_html(
 ) -> Path:
     """`<folder>/index.html`: the tables, then every image under `<folder>/figures/`."""
     figures = (
-        sorted(p for p in (folder / "figures").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        sorted(
+            (p for p in (folder / "figures").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
+            key=_natural,
+        )
         if (folder / "figures").is_dir()
         else []
     )
