@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)  ## the main job on the embedded synthetic source, ending in the paper-style tables
-	$(BIN)/python -m hsi.demo
+	$(BIN)/python -m hsi.cli.study study=demo
 
 test: $(STAMP)  ## the whole test suite, notebooks included
 	$(BIN)/python -m pytest -q tests --nbmake notebooks

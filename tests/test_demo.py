@@ -127,8 +127,8 @@ def test_missing_runs_and_metrics_are_named():
 
 
 def test_demo_arguments():
-    assert parse_args([]).out == DEFAULT_OUT
-    assert parse_args(["out=/tmp/x"]).hsi == Path("/tmp/x/hsi64")
+    assert parse_args([]) == DEFAULT_OUT
+    assert parse_args(["out=/tmp/x"]) == Path("/tmp/x")
     with pytest.raises(SystemExit, match="unknown argument 'outt=/tmp'"):
         parse_args(["outt=/tmp"])
     with pytest.raises(SystemExit, match="unknown argument 'out='"):
@@ -138,10 +138,11 @@ def test_demo_arguments():
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_demo_reproduces_the_papers_findings(tmp_path):
-    """The whole demo (minutes on the CPU) into tmp_path; its runs show Table 3's findings."""
+    """The whole demo (minutes on the CPU) into tmp_path; its runs show Table 3's findings, and
+    the report has its HTML page with Figs. 5 and 10."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     done = subprocess.run(
-        [sys.executable, "-m", "hsi.demo", f"out={tmp_path}"],
+        [sys.executable, "-m", "hsi.cli.study", "study=demo", f"out={tmp_path}"],  # make demo
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -156,3 +157,30 @@ def test_demo_reproduces_the_papers_findings(tmp_path):
     findings = check_findings(results)
     assert [f for f in findings if not f.holds] == [], format_findings(findings)
     assert f"({len(findings)} of {len(findings)} hold)" in done.stdout
+    report = tmp_path / "report"
+    for name in ("index.html", "figures/fig5_samples.png", "figures/fig10_backgrounds.png"):
+        assert (report / name).is_file(), name
+    assert (report / "figures" / "extra" / "gradcam_gradcam_grid.png").is_file()
+
+
+def test_demo_study_summary_prints_the_tables_and_findings(tmp_path):
+    """study=demo's closing text (conf/study/demo.yaml `summary`) on runs with Table 3's pattern."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from hsi.results import write_results
+    from hsi.study.driver import summary
+
+    folders = {"Pretrained": "pretrained", "ERM": "erm", "ERM_all": "erm_all", "JTT": "jtt"}
+    folders["DFR"] = "dfr"
+    for name, results in paper_like().items():
+        write_results(tmp_path / "runs" / folders[name], {"status": "complete", **results})
+    write_results(tmp_path / "runs" / "source", {"status": "complete", "test": {"acc": 0.9}})
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("study", ["study=demo", f"out={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    text = summary(cfg)
+    assert "Test accuracy (%) by category (cf. paper 000, Table 3)" in text
+    assert "ERM_all: test accuracy (%) of the 12 groups" in text
+    assert "(9 of 9 hold)" in text and "source val): 90.00%" in text
+    assert f"{tmp_path}/hsi64" in text  # where the outputs are

@@ -512,6 +512,29 @@ def test_dfr_module_tests_on_embeddings_with_val_statistics(tmp_path):
     assert module.hparams["method"] == "dfr" and module.hparams["checkpoint"] == "erm.ckpt"
 
 
+def test_official_defaults_are_the_public_scripts_and_the_val_variant_keeps_its_own():
+    """OfficialRecipe() is dfr_evaluate_spurious.py: 20 retrains, the final scaler fit on the train
+    embeddings; official_val's choices (10 retrains, scaler on val) give another scaler."""
+    recipe = OfficialRecipe()
+    assert (recipe.n_subsets, recipe.scaler_on) == (20, "train") and "train" in recipe.splits
+    X, y, g = grouped_features(3)
+    X_train = grouped_features(4)[0] * 2.0 + 1.0  # another distribution than val
+    task = HeadTask(3, SIZES, 0, "erm.ckpt", "dfr")
+    module = recipe.fit({"val": (X, y, g), "train": (X_train, y, g)}, task)
+    assert np.allclose(module.feature_mean.numpy(), X_train.mean(0))
+    scaler, coef, intercept, _ = fit_dfr_official(X, y, g, n_subsets=20, scaler_X=X_train)
+    again = DFRModule.from_official(scaler, coef, intercept)
+    with torch.no_grad():
+        x = torch.as_tensor(X, dtype=torch.float32)
+        assert torch.allclose(module(x), again(x), atol=1e-6)
+    fewer = fit_dfr_official(X, y, g, n_subsets=10, scaler_X=X_train)[1]
+    assert not np.allclose(fewer, coef)  # the retrains count: 10 subsets average to other weights
+    val = OfficialRecipe(n_subsets=10, scaler_on="val")
+    assert val.splits == ("val", "test")
+    on_val = val.fit({"val": (X, y, g)}, task)
+    assert np.allclose(on_val.feature_mean.numpy(), X.mean(0))
+
+
 def test_dfr_recipes_are_validated_once_and_fit_their_variant():
     X, y, g = grouped_features(3)
     embeddings = {"val": (X, y, g)}

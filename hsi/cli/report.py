@@ -3,6 +3,7 @@
     hsi-report outputs/train/multiruns/<sweep>              a sweep's Table 3/4 layouts, Fig. 7
     hsi-report outputs/benchmark/multiruns/<sweep> out=r/   Tables 1/5/6/7 layouts, Fig. 6
     hsi-report 'outputs/demo/runs/*' include_incomplete=true
+    hsi-report <runs> samples.dataset=outputs/demo/hsi64 'figures=[outputs/demo/analysis/**/*.png]'
 
 Positional arguments (no `=`) are run folders, multirun folders, results.json files or globs.
 """
@@ -31,7 +32,7 @@ def positional_to_runs(argv: list[str]) -> list[str]:
 def run(cfg: DictConfig) -> str:
     """Build the report; return what the console shows."""
     from hsi.reporting import build_report, load_runs, log_to_wandb
-    from hsi.reporting.report import wandb_project
+    from hsi.reporting.report import add_extras, wandb_project
     from hsi.reporting.writers import to_markdown
 
     sources = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs)
@@ -40,6 +41,8 @@ def run(cfg: DictConfig) -> str:
     include = bool(cfg.include_incomplete)
     runs = load_runs(sources, include_incomplete=include)
     report = build_report(runs, cfg.out, include_incomplete=include)
+    figures = [cfg.figures] if isinstance(cfg.figures, str) else list(cfg.figures)
+    add_extras(report, runs, cfg.samples, figures, bool(cfg.html))
     lines = [
         to_markdown(report.tables[n][1], report.tables[n][0])
         for n in cfg.print

@@ -188,6 +188,9 @@ def summary(report: Report, runs: Sequence[Mapping[str, Any]]) -> str:
     figures = sorted({p.with_suffix("").name for p in report.files if p.parent.name == "figures"})
     if figures:
         parts += ["**Figures** (figures/, PNG and PDF): " + ", ".join(figures), ""]
+    extra = sorted(p.name for p in report.files if p.parent.name == "extra")
+    if extra:
+        parts += ["**Other stages' images** (figures/extra/): " + ", ".join(extra), ""]
     parts += ["**Runs**", ""]
     parts += [
         f"- {r.get('method')} {r.get('model')} data={r.get('data')} seed={r.get('seed')} "
@@ -232,3 +235,36 @@ def wandb_project(runs: Sequence[Mapping[str, Any]]) -> str | None:
         if "Wandb" in str(logger.get("_target_", "")):
             return str(logger.get("project") or "hsi")
     return None
+
+
+def add_extras(
+    report: Report,
+    runs: Sequence[Mapping[str, Any]],
+    samples: Mapping[str, Any] | None = None,
+    figures: Sequence[str] = (),
+    html: bool = True,
+) -> Report:
+    """Figs. 5 and 10 of a built dataset (`samples.dataset`), the images of other stages
+    (`figures`: paths or globs, copied into figures/extra/), README.md again with them, and the
+    HTML page (hsi.reporting.html)."""
+    from hsi.reporting.html import collect_images, write_html
+    from hsi.reporting.samples import fig5_samples, fig10_backgrounds
+
+    folder = report.folder / "figures"
+    if samples and samples.get("dataset"):
+        dataset, seed = samples["dataset"], int(samples.get("seed") or 0)
+        report.files += fig5_samples(
+            dataset,
+            folder / "fig5_samples",
+            samples.get("image"),
+            str(samples.get("split") or "test"),
+            seed,
+        )
+        report.files += fig10_backgrounds(
+            dataset, folder / "fig10_backgrounds", int(samples.get("backgrounds") or 4), seed=seed
+        )
+    report.files += collect_images(figures, report.folder)
+    atomic_write_text(report.folder / "README.md", summary(report, runs))
+    if html:
+        report.files.append(write_html(report.folder, report.tables, runs))
+    return report
