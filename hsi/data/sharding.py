@@ -9,8 +9,8 @@ samples, which then count twice in the group metrics. Instead:
   the positions ``rank, rank + W, rank + 2W, ...`` of it (W = world size), each with the
   augmentation seed of its position in the whole epoch. When W does not divide the epoch, the
   epoch is first padded by wrapping around to its start (as torch's DistributedSampler pads),
-  so every rank gets ``ceil(n / W)`` items and takes the same number of steps: at most W - 1
-  items of an epoch are drawn twice, none is lost. The union of the ranks' shards is the
+  so every rank gets ``ceil(n / W)`` items and takes the same number of steps: fewer than W
+  draws of padding per epoch (the epoch's first items once more), none lost. The union of the ranks' shards is the
   1-process epoch plus that padding.
 - **val / test**: rank r evaluates the samples ``r, r + W, ...`` of the split, with no padding;
   the shards are disjoint and cover the split once. The per-group counts of
