@@ -7,7 +7,9 @@ whose test metrics equal a 1-process evaluation of its checkpoint, and the same 
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ import torch
 from helpers import (
     BATCH,
     FAST,
+    HSI_TRAIN,
     TRAIN_SAMPLES,
     check_results,
     compose_train,
@@ -31,8 +34,8 @@ from test_slurm import LAUNCHER, slurm  # noqa: F401 - the fixture that starts S
 from hsi.data import EpochSampler
 from hsi.data.sharding import EvalShard, TrainShard, shard_epoch, shard_length
 from hsi.groups import make_groups
-from hsi.metrics import GroupAccuracy
 from hsi.methods.jtt import upsample_repeats
+from hsi.metrics import GroupAccuracy
 from hsi.results import read_results
 from hsi.train.ddp import check_strategy, is_main_process
 
@@ -158,6 +161,23 @@ def test_unsupported_settings_are_refused_in_one_line_naming_the_key(overrides, 
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         check_strategy(cfg)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_ddp_spawn_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [str(HSI_TRAIN), "trainer=cpu", "trainer.strategy=ddp_spawn", f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hsi-train: error:")]
+    assert len(errors) == 1 and "trainer.strategy=ddp_spawn" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "hsi_data").exists()  # refused before any data was built
 
 
 def test_a_local_multirun_of_ddp_jobs_is_refused_but_slurm_tasks_are_not():
