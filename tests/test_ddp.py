@@ -214,16 +214,22 @@ def built(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampling", ["standard", "easy", "balanced"])
+@pytest.mark.parametrize("sampling", ["standard", "easy", "balanced", "jtt"])
 def test_the_data_module_gives_each_rank_its_shard_of_every_split(built, sampling):
-    dm = instantiate(compose_train([*hsi_data(built), f"data.sampling={sampling}", "out=/x"]).data)
+    setting = "standard" if sampling == "jtt" else sampling
+    dm = instantiate(compose_train([*hsi_data(built), f"data.sampling={setting}", "out=/x"]).data)
     dm.setup("fit")
+    if sampling == "jtt":  # JTT's hook: an error set of three samples, each drawn 5 times
+        size = dm.upsample_train(upsample_repeats(len(dm.dataset("train")), [0, 3, 7], 5))
+        assert size == TRAIN_SAMPLES + 3 * 4
     loaders = {}
     for rank in (0, 1, None):
         # the Trainer a data module is attached to tells it the rank (None: no Trainer)
         dm.trainer = None if rank is None else SimpleNamespace(global_rank=rank, world_size=2)
         loaders[rank] = (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader())
     whole_train = list(loaders[None][0].sampler)
+    if sampling == "jtt":
+        assert len(whole_train) == TRAIN_SAMPLES + 3 * 4
     check_shards(whole_train, [list(loaders[r][0].sampler) for r in (0, 1)])
     for split in (1, 2):
         n = len(loaders[None][split].dataset)
