@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from ddp_worker import group_metrics_on_rank, predictions
 from helpers import (
     BATCH,
     FAST,
@@ -108,40 +109,15 @@ def test_eval_shards_are_disjoint_and_cover_the_split_once(n, world):
     assert [len(s) for s in shards] == [len(EvalShard(range(n), r, world)) for r in range(world)]
 
 
-def _group_metrics_on_rank(rank: int, world: int, init: str, out: str) -> None:
-    """One gloo process: GroupAccuracy over its EvalShard of fixed predictions."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    preds, target, group_id = _predictions()
-    mine = torch.tensor(list(EvalShard(range(len(target)), rank, world)))
-    metric = GroupAccuracy(make_groups([8, 12, 16]))
-    for batch in mine.split(5):  # uneven batches, as the last one of an eval loader
-        metric.update(preds[batch], target[batch], group_id[batch])
-    values = {k: float(v) for k, v in metric.compute().items()}
-    torch.save(values, f"{out}.{rank}")
-    dist.destroy_process_group()
-
-
-def _predictions():
-    g = torch.Generator().manual_seed(0)
-    n = 71
-    return (
-        torch.randint(0, 3, (n,), generator=g),
-        torch.randint(0, 3, (n,), generator=g),
-        torch.randint(0, 12, (n,), generator=g),
-    )
-
-
 @pytest.mark.slow
 def test_group_metrics_summed_over_two_gloo_ranks_equal_one_process(tmp_path):
-    preds, target, group_id = _predictions()
+    preds, target, group_id = predictions()
     single = GroupAccuracy(make_groups([8, 12, 16]))
     single.update(preds, target, group_id)
     expected = {k: float(v) for k, v in single.compute().items()}
     out = str(tmp_path / "metrics")
     init = f"file://{tmp_path / 'rendezvous'}"
-    torch.multiprocessing.spawn(_group_metrics_on_rank, args=(2, init, out), nprocs=2)
+    torch.multiprocessing.spawn(group_metrics_on_rank, args=(2, init, out), nprocs=2)
     for rank in (0, 1):
         assert torch.load(f"{out}.{rank}", weights_only=True) == expected
     assert len(set(expected.values())) > 3  # the groups' accuracies differ: not a trivial case
