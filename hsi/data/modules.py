@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hsi.data.datasets import EpochSampler, HSIDataset, PixelCache, SourceDataset
+from hsi.data.sharding import EvalShard, TrainShard, trainer_ranks
 from hsi.data.transforms import (
     AUGMENTS,
     IMAGENET_MEAN,
@@ -70,7 +71,7 @@ class _Loaders:
     persistent_workers: bool
 
     def _loader(
-        self, dataset: Dataset, batch_size: int, sampler: EpochSampler | None = None
+        self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None
     ) -> DataLoader:
         return DataLoader(
             dataset,
@@ -86,20 +87,32 @@ class _Loaders:
         )
 
     # The four loaders of both modules: each module says how it builds a split's dataset
-    # (`dataset`) and how the train split is drawn (`train_sampler`).
+    # (`dataset`) and how the train split is drawn (`train_sampler`). Under DDP the Trainer's
+    # loaders hold this rank's shard (hsi/data/sharding.py); train_eval_dataloader, used
+    # outside the Trainer, always holds the whole split.
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train", train_transforms=True)
-        return self._loader(dataset, self.batch_size, self.train_sampler(dataset))
+        sampler = self.train_sampler(dataset)
+        rank, world_size = trainer_ranks(self)
+        if world_size > 1:
+            sampler = TrainShard(sampler, rank, world_size)
+        return self._loader(dataset, self.batch_size, sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
+        rank, world_size = trainer_ranks(self)
+        shard = EvalShard(dataset, rank, world_size) if world_size > 1 else None
+        return self._loader(dataset, self.eval_batch_size, shard)
 
     def train_eval_dataloader(self) -> DataLoader:
         """The train split with eval transforms in a fixed order (JTT's error-set pass)."""
         return self._loader(self.dataset("train"), self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size)
+        return self._eval_loader("test")
 
 
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:

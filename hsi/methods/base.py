@@ -69,7 +69,9 @@ class GroupEvalModule(L.LightningModule):
         metric = self._metric(split)
         values = {key: float(value) for key, value in metric.compute().items()}
         metric.reset()
-        self.log_dict(prefixed(values, split))
+        # compute() already summed the counts over DDP processes: every process holds the same
+        # values, and sync_dist's mean of equal values leaves them as they are
+        self.log_dict(prefixed(values, split), sync_dist=True)
         sanity = self._trainer is not None and self._trainer.sanity_checking
         if not sanity:  # the sanity check's two batches are not a result
             self.last_metrics[split] = values

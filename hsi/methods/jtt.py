@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from hsi.io import atomic_write_csv, atomic_write_text
 from hsi.methods.base import Method, evaluating, split_batch
 from hsi.methods.erm import ERM, ERMModule
+from hsi.train.ddp import from_main_process, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ class JTT(Method):
             dm.train_eval_dataloader(),
             job.eval_device(),
         )
+        errors = from_main_process(errors)
         train_set = dm.dataset("train")
         errors.insert(1, "sample_id", train_set.sample_ids)
         errors["category"] = [job.groups[g].category for g in errors["group_id"]]
@@ -216,7 +218,8 @@ class JTT(Method):
         report["epoch_size"] = dm.upsample_train(repeats)
         errors["multiplicity"] = repeats
         report["lambda_up"] = self.lambda_up
-        write_error_set(job.out, errors, report)
+        if is_main_process():  # under DDP every process computed the same error set
+            write_error_set(job.out, errors, report)
         log.info(
             "JTT error set: %d of %d train samples (precision %.3f, recall %s against Medium+Hard)",
             report["size"],

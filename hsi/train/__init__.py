@@ -31,12 +31,14 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from hsi.loggers import (
@@ -56,6 +58,7 @@ from hsi.train.checks import (
     requeue_ckpt_path,
     resolve_checkpoint,
 )
+from hsi.train.ddp import check_strategy, is_main_process
 from hsi.train.job import SELECTIONS, Job, TrainingDiverged, make_datamodule
 
 __all__ = [
@@ -86,13 +89,22 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
     out = Path(str(cfg.out)).resolve()
     cfg.ckpt_path = requeue_ckpt_path(cfg.ckpt_path)
     check_inputs(cfg)
-    with RunLock(out):
-        check_run_folder(out, cfg.ckpt_path)
-        return _train_locked(cfg, method, out, callbacks, started)
+    check_strategy(cfg, _multirun(), SLURMEnvironment.detect())
+    # Under DDP every process runs this job; the main one owns the run folder (hsi/train/ddp.py)
+    main = is_main_process()
+    with RunLock(out) if main else nullcontext():
+        if main:
+            check_run_folder(out, cfg.ckpt_path)
+        return _train_locked(cfg, method, out, callbacks, started, main)
 
 
 def _train_locked(
-    cfg: DictConfig, method: Method, out: Path, callbacks: Sequence[Callback], started: float
+    cfg: DictConfig,
+    method: Method,
+    out: Path,
+    callbacks: Sequence[Callback],
+    started: float,
+    main: bool = True,
 ) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     loggers = make_loggers(cfg)
@@ -108,17 +120,23 @@ def _train_locked(
             results = method.run(job)
         except TrainingDiverged as err:
             # a failed fit is recorded as such, never as a result a report would tabulate
-            write_results(
-                out,
-                {**common_results(job, method, started), "status": "diverged", "error": str(err)},
-            )
+            if main:
+                write_results(
+                    out,
+                    {
+                        **common_results(job, method, started),
+                        "status": "diverged",
+                        "error": str(err),
+                    },
+                )
             raise
         results.update(common_results(job, method, started))
-        write_results(out, results)
-        for split in ("val", "test"):
-            log_group_tables(loggers, split, results[split], job.groups)
-        log_summary(loggers, flat_metrics(results))
-        print(summary_line(results))
+        if main:  # the other DDP processes hold the same (synced) metrics
+            write_results(out, results)
+            for split in ("val", "test"):
+                log_group_tables(loggers, split, results[split], job.groups)
+            log_summary(loggers, flat_metrics(results))
+            print(summary_line(results))
         failed = False
         return results
     finally:
@@ -164,6 +182,14 @@ def _choice(group: str, default: str) -> str:
         if choice:
             return str(choice)
     return default
+
+
+def _multirun() -> bool:
+    """Whether Hydra runs this job as part of a sweep (-m)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _overrides() -> list[str]:

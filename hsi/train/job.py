@@ -36,6 +36,7 @@ from hsi.train.checks import (
     resume_checkpoint,
     stage1_files,
 )
+from hsi.train.ddp import is_main_process, local_rank
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Job:
         """Where the non-Trainer passes (error set, embeddings) run: the GPU when the trainer may."""
         accelerator = str(self.cfg.trainer.get("accelerator", "auto"))
         if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank())  # under DDP: this process's GPU
         return torch.device("cpu")
 
     # ----------------------------------------------------------------------- components
@@ -331,7 +332,8 @@ class Job:
             "epochs": outcome.epochs,
             "val": dict(module.last_metrics.get("val", {})),  # validation after its last epoch
         }
-        write_results(stage_dir, record, STAGE1_RECORD)
+        if is_main_process():
+            write_results(stage_dir, record, STAGE1_RECORD)
         return chosen, record
 
     def stage1_network(self, checkpoint: Path, require_head: bool = False) -> torch.nn.Module:
