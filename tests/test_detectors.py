@@ -80,11 +80,16 @@ def test_prompts_of_unknown_repeats_use_a_free_synonym_then_the_wnid():
     assert prompts == {0: "spot", 1: "blotch", 2: "spot n09000003"}
 
 
-def test_prompts_are_cut_to_the_token_limit_word_by_word():
+def test_a_long_prompt_becomes_the_name_then_loses_leading_words():
     classes = [ClassInfo(0, "n09000001", "great white shark", ("great white shark",))]
     count = lambda text: 2 + len(text.split())  # noqa: E731 - start and end tokens + words
-    assert class_prompts(classes, "a photo of a {}", 6, count) == {0: "a photo of a"}
     assert class_prompts(classes, "a {}", 6, count) == {0: "a great white shark"}
+    assert class_prompts(classes, "a photo of a {}", 6, count) == {0: "great white shark"}
+    assert class_prompts(classes, "a photo of a {}", 4, count) == {0: "white shark"}
+    assert class_prompts(classes, "a photo of a {}", 1, count) == {0: "shark"}
+    two = [*classes, ClassInfo(1, "n09000002", "tiger shark", ("tiger shark",))]
+    with pytest.raises(ValueError, match=r"both 'shark'"):
+        class_prompts(two, "{}", 3, count)
     with pytest.raises(ValueError, match="template"):
         class_prompts(classes, "a photo")
 
@@ -203,13 +208,10 @@ def test_a_tiny_model_agrees_with_transformers_post_processing(folders, kind):
 def test_prompts_fit_the_text_model(folders, kind):
     detector = build_detector({"kind": kind, "path": str(folders[kind]), "device": "cpu"})
     assert detector.max_tokens == 16
-    classes = [ClassInfo(0, "n09000001", "a very long class name indeed", ())]
-    prompt = detector_prompts(detector, classes)[0]
-    assert (
-        detector.count_tokens(prompt)
-        <= 16
-        < detector.count_tokens("a photo of a " + classes[0].name)
-    )
+    classes = [ClassInfo(0, "n09000001", "long name", ()), ClassInfo(1, "n09000002", "x", ())]
+    prompts = detector_prompts(detector, classes)  # the tiny tokenizer: a token per character
+    assert prompts == {0: "long name", 1: "a photo of a x"}
+    assert detector.count_tokens(prompts[0]) <= 16 < detector.count_tokens("a photo of a long name")
     # a query longer than the text model is truncated, not an error
     found = detector.detect([Image.new("RGB", (40, 40))], [Query(0, "x " * 40)])
     assert len(found) == 1

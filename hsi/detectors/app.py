@@ -95,11 +95,11 @@ def run_tasks(cfg: DictConfig) -> dict:
         raise ValueError(f"tasks={tasks}: each task must be one of {list(TASKS)}")
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
+    detector = build_detector(cfg.detector)  # first: a missing model folder fails at once
     index = load_source(cfg.source)
     records = chosen_records(index, cfg)
     if "boxes" not in tasks:  # audit alone: only images that can be audited
         records = [r for r in records if r.has_boxes]
-    detector = build_detector(cfg.detector)
     template = str(OmegaConf.select(cfg, "detector.template", default="a photo of a {}"))
     prompts = detector_prompts(detector, index.classes, template)
     cache = Path(str(cfg.cache)) if cfg.cache else None
