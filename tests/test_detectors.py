@@ -227,6 +227,9 @@ def test_a_missing_folder_names_the_key_and_the_folder(tmp_path, kind):
         build_detector({"kind": kind, "path": str(tmp_path / "empty")})
     with pytest.raises(ValueError, match=r"detector\.path is not set.*huggingface-cli download"):
         build_detector({"kind": kind, "path": "???"})
+    (tmp_path / "empty" / "config.json").write_text("{}")  # no weights, no processor
+    with pytest.raises(ValueError, match=rf"detector\.path=.*empty: cannot load a {kind} model"):
+        build_detector({"kind": kind, "path": str(tmp_path / "empty")})
 
 
 def test_an_unknown_kind_is_refused():
