@@ -152,6 +152,7 @@ DATASET_KEYS = [
     "data.generate.dataset.counts.train.hard=4",
     "data.generate.dataset.counts.val=4",
     "data.generate.dataset.counts.test=10",
+    "data.generate.dataset.coverage=reuse",
 ]
 
 
