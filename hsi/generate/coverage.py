@@ -58,8 +58,8 @@ def detector_boxes(cfg: DictConfig, spec: DatasetSpec, index: SourceIndex) -> tu
                 detector, chunk, Path(index.root), prompts, Path(cache), batch, progress
             )
             for r in chunk:
-                hit = results[r.key]
-                if hit.box is not None and hit.score >= spec.min_score:
+                hit = results.get(r.key)  # an image that does not decode has no detection
+                if hit is not None and hit.box is not None and hit.score >= spec.min_score:
                     found[r.key] = tuple(float(v) for v in hit.box)
             start += len(chunk)
         return found
