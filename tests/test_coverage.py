@@ -301,12 +301,15 @@ def test_iou_on_handmade_boxes():
     assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
 
 
-def install_detector(monkeypatch, detector) -> None:
+def install_detector(monkeypatch, detector) -> bool:
     """hsi.detectors with `build_detector` returning `detector` (a minimal stand-in for the
-    package when it is absent: prompts per label, detection per record, no cache)."""
+    package when it is absent: prompts per label, detection per record, no cache); True when
+    the real package is there."""
+    real = True
     try:
         import hsi.detectors as module
     except ImportError:
+        real = False
         from PIL import Image
 
         module = types.ModuleType("hsi.detectors")
@@ -324,11 +327,13 @@ def install_detector(monkeypatch, detector) -> None:
         module.detect_records = detect_records
         monkeypatch.setitem(sys.modules, "hsi.detectors", module)
     monkeypatch.setattr(module, "build_detector", lambda cfg: detector, raising=False)
+    return real
 
 
+@pytest.mark.slow
 def test_detect_build_uses_the_detector_boxes(source_root, tmp_path, monkeypatch):
     detector = GreyObjectDetector()
-    install_detector(monkeypatch, detector)
+    real = install_detector(monkeypatch, detector)
     cfg = make_cfg(
         tmp_path / "out",
         source_root,
@@ -359,3 +364,9 @@ def test_detect_build_uses_the_detector_boxes(source_root, tmp_path, monkeypatch
         "grey"
     }
     assert any("box sources of the samples" in line and "grey" in line for line in summary.coverage)
+    unboxed = sum(not r.has_boxes for r in index.records)
+    if real:  # hsi.detectors caches per (detector, image): the build and a rerun decode nothing
+        seen = detector.images
+        assert 0 < seen <= unboxed
+        assert make_selection(cfg, index).detected == selection.detected
+        assert detector.images == seen
