@@ -125,6 +125,22 @@ def test_drop_leaves_the_class_out_and_lists_it():
         build_recipe(two, seed=0, resolution=64, counts=SMALL, coverage="drop")
 
 
+def test_drop_in_v2_leaves_out_the_class_whose_background_class_is_short():
+    index = make_index(n_train={A: 60, B: 60, C: 60, D: 30}, n_val=6)
+    pairs = {A: C, B: D}
+    selection = select_images(
+        index, seed=0, resolution=64, counts=SMALL, pairs=pairs, coverage="drop"
+    )
+    recipe = selection.recipe()
+    plan_vs_recipe(selection, recipe)
+    assert selection.dropped == {B: f"its background class {D} is short of boxed images"}
+    assert set(recipe["wnid"]) == {A} and set(
+        recipe.loc[recipe["background"] == "R", "bg_wnid"]
+    ) == {C}
+    actions = selection.table().groupby("wnid")["action"].agg(set)
+    assert all(a.startswith("dropped") for a in actions[B] | actions[D]) and actions[A] == {"ok"}
+
+
 def fake_detect(score_of):
     """A detect function (select_images' contract): a box for the images `score_of` passes."""
     calls = []
