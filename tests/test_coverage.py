@@ -252,6 +252,10 @@ def test_plan_and_build_commands_agree(source_root, tmp_path):
     assert built.returncode == 0, built.stderr
     assert "coverage: dataset.coverage=reuse" in built.stdout
     table = pd.read_csv(tmp_path / "out" / "plan.csv", dtype={"wnid": str})
+    # the built folder keeps the same table
+    assert (tmp_path / "out" / "coverage.csv").read_bytes() == (
+        tmp_path / "out" / "plan.csv"
+    ).read_bytes()
     recipe = DatasetFolder(tmp_path / "out").read_recipe()
     per = recipe.groupby(["wnid", "split"]).agg(
         samples=("sample_id", "size"), takes=("fg_image", "nunique"), repeats=("reused", "sum")

@@ -108,8 +108,8 @@ def check_components(cfg: DictConfig) -> None:
 
 
 def prepare_output(cfg: DictConfig, index: SourceIndex) -> tuple[pd.DataFrame, Selection]:
-    """Write the generation config, the recipe (v2's pairs, the detector boxes used) into
-    `out`; return the recipe and the selection it came from."""
+    """Write the generation config, the recipe, its coverage table (v2's pairs, the detector
+    boxes used) into `out`; return the recipe and the selection it came from."""
     # Everything that can fail on the configuration comes before the first write, so a failed
     # first run leaves no config behind to refuse the corrected one.
     selection = make_selection(cfg, index)
@@ -117,7 +117,7 @@ def prepare_output(cfg: DictConfig, index: SourceIndex) -> tuple[pd.DataFrame, S
     pairs = resolve_pairs(DatasetSpec.from_config(cfg.dataset), index)
     folder = DatasetFolder(cfg.out)
     detected = detected_table(selection) if selection.detected else None
-    folder.write_definition(generation_config(cfg), recipe, pairs, detected)
+    folder.write_definition(generation_config(cfg), recipe, pairs, detected, selection.table())
     return recipe, selection
 
 
