@@ -376,6 +376,11 @@ def test_detect_build_uses_the_detector_boxes(source_root, tmp_path, monkeypatch
         box, truth = selection.detected[key][0], hidden[key]
         hull = (*np.min(truth, axis=0)[:2], *np.max(truth, axis=0)[2:])
         assert iou(box, hull) > 0.7, (key, box, hull)
+    # plan.detect=true runs the detector too: the plan is then exact for detect as well
+    plan = make_plan(cfg, index, run_detector=True)
+    assert plan.selection.detected == selection.detected and plan.detector_ran
+    plan_vs_recipe(plan.selection, recipe)
+    assert int(plan.table()["detected"].sum()) == len(used)
     # the build records them and makes the assets from them
     summary = run_build(cfg, index)
     assert summary.failed == 0
