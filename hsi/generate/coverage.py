@@ -44,7 +44,8 @@ def detector_boxes(cfg: DictConfig, spec: DatasetSpec, index: SourceIndex) -> tu
 
     node = OmegaConf.create(spec.detector)
     detector = build_detector(node)
-    prompts = class_prompts(index.classes)
+    template = node.get("template")  # the detector node's own, where it has one
+    prompts = class_prompts(index.classes, template) if template else class_prompts(index.classes)
     cache = cfg.get("detect_cache") or Path(str(cfg.out)) / "cache" / "detections"
     batch = int(node.get("batch_size", 8) or 8)
     progress = bool(cfg.get("progress", True))
