@@ -104,6 +104,7 @@ def data_keys(tmp: Path) -> list[str]:
         "data.generate.dataset.counts.train.hard=1",
         "data.generate.dataset.counts.val=1",
         "data.generate.dataset.counts.test=2",
+        "data.generate.dataset.coverage=reuse",  # ~42% of the synthetic train images are boxed
         f"data.generate.source.root={tmp / 'source'}",
         f"data.generate.source.num_classes={SOURCE_CLASSES}",
         "data.generate.source.train_per_class=24",

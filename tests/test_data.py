@@ -64,6 +64,7 @@ def hsi_overrides(tmp: Path, out: str = "hsi", source: str = "synthetic") -> lis
         f"data.generate.dataset.counts.train.hard={HARD}",
         f"data.generate.dataset.counts.val={VAL}",
         f"data.generate.dataset.counts.test={TEST}",
+        "data.generate.dataset.coverage=reuse",  # ~42% of the synthetic train images are boxed
         "data.batch_size=16",
         *source_overrides("data.generate.source", tmp / source),
     ]

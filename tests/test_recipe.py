@@ -103,6 +103,7 @@ def test_columns_and_row_order(paper_recipe):
         "bg_image",
         "bg_wnid",
         "reused",
+        "box_source",
     ]
     assert paper_recipe["sample_id"].is_unique
     split_rank = paper_recipe["split"].map({"train": 0, "val": 1, "test": 2})
@@ -110,6 +111,7 @@ def test_columns_and_row_order(paper_recipe):
     keys = list(zip(split_rank, paper_recipe["wnid"], paper_recipe["group_id"], k, strict=True))
     assert keys == sorted(keys)
     assert paper_recipe["reused"].dtype == bool and not paper_recipe["reused"].any()
+    assert set(paper_recipe["box_source"]) == {"annotation"}
 
 
 def test_paper_counts_per_class(paper_recipe):
@@ -230,7 +232,7 @@ def test_shortfall_names_the_class_and_numbers():
         "class n00000020 (name1) has 512 boxed train images; the recipe needs 640 (400 train + 240 val)"
         in message
     )
-    assert "dataset.counts" in message and "dataset.replacement=true" in message
+    assert "dataset.counts" in message and "dataset.coverage=reuse" in message
     assert "n00000010" not in message
 
     short_val = make_index(

@@ -116,6 +116,7 @@ def source(tmp_path_factory) -> Path:
         train_per_class=TRAIN,
         val_per_class=VAL,
         multi_object_prob=MULTI,
+        train_box_fraction=1.0,  # every image annotated: the tests below read each one's boxes
         progress=False,
     )
     return out
@@ -133,6 +134,7 @@ def uniform(tmp_path_factory) -> Path:
         val_per_class=0,
         habitat_prob=1 / K,
         multi_object_prob=0.0,
+        train_box_fraction=1.0,
         progress=False,
     )
     return out
@@ -308,6 +310,7 @@ def test_read_back_by_imagenet_reader(source: Path) -> None:
         train_per_class=TRAIN,
         val_per_class=VAL,
         multi_object_prob=MULTI,
+        train_box_fraction=1.0,
         progress=False,
     ).load()
     assert index.skipped == [] and index.box_errors == []
@@ -381,6 +384,7 @@ def test_rerun_is_a_no_op(source: Path, caplog) -> None:
         train_per_class=TRAIN,
         val_per_class=VAL,
         multi_object_prob=MULTI,
+        train_box_fraction=1.0,
         workers=2,
         progress=False,
     )
@@ -397,6 +401,7 @@ def test_other_parameters_on_a_complete_source_fail(source: Path) -> None:
             train_per_class=TRAIN,
             val_per_class=VAL,
             multi_object_prob=MULTI,
+            train_box_fraction=1.0,
             habitat_prob=0.5,
             progress=False,
         )
@@ -490,7 +495,7 @@ def test_configs_agree_with_the_library() -> None:
         multi_object_prob=0.15,
         multi_object_count=2,
         size_range=[96, 160],
-        train_box_fraction=1.0,
+        train_box_fraction=[0.3, 0.55],
         jpeg_quality=95,
     )
     assert synth == expected
@@ -500,6 +505,7 @@ def test_hsi_synth_command(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "hsi-synth"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "hsi.cli.synth"]
     args = ["out=data/s", "num_classes=2", "train_per_class=3", "val_per_class=1", "progress=false"]
+    args.append("train_box_fraction=1.0")  # one number for every class instead of the range
     done = subprocess.run(command + args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "2 classes, 6 train images (6 with boxes), 2 val images" in done.stdout

@@ -1,6 +1,10 @@
-"""`hsi-generate [build|export|validate] key=value ...`: Hard-Spurious-ImageNet generation.
+"""`hsi-generate [build|plan|export|validate] key=value ...`: Hard-Spurious-ImageNet generation.
 
     hsi-generate                                  build the assets (synthetic source, OpenCV)
+    hsi-generate plan source=imagenet source.root=/data/imagenet
+                                                  per class and split: boxed/unboxed images, what
+                                                  the recipe takes, what each dataset.coverage
+                                                  policy would do (plan.csv; index only)
     hsi-generate build source=imagenet source.root=/data/imagenet shard=0 num_shards=8 workers=4
     hsi-generate export export.format=jpeg        write <split>/<size>/<placement>/<wnid>/*.JPEG
     hsi-generate validate                         completeness and hashes; non-zero exit on a problem
@@ -18,7 +22,7 @@ from omegaconf import DictConfig
 from hsi.cli import CONF_DIR
 from hsi.console import quiet_console
 
-VERBS = ("build", "export", "validate")
+VERBS = ("build", "plan", "export", "validate")
 
 
 def verb_to_override(argv: list[str]) -> list[str]:
@@ -45,6 +49,13 @@ def run(cfg: DictConfig) -> int:
         summary = run_build(cfg)
         print(summary.report())
         return 1 if summary.failed else 0
+    if action == "plan":
+        from hsi.generate.coverage import run_plan
+
+        plan, paths = run_plan(cfg)
+        print(plan.summary())
+        print("  written: " + ", ".join(str(p) for p in paths))
+        return 1 if plan.selection.problems else 0
     if action == "export":
         from hsi.generate.export import run_export
 

@@ -2,7 +2,7 @@
 
     hsi-synth                                   10 classes into data/synthetic
     hsi-synth out=data/synth20 num_classes=20 workers=2
-    hsi-synth train_box_fraction=0.42           as few train boxes as ImageNet has
+    hsi-synth train_box_fraction=1.0            every train image boxed (default: [0.3, 0.55] per class, ~ImageNet)
 
 Rerunning with the same keys does nothing; other keys on a complete `out` is an error.
 """

@@ -35,6 +35,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hsi.generate.assets import AssetStore, make_assets
+from hsi.generate.coverage import detected_table, make_selection
 from hsi.generate.layout import (
     ConfigError,
     DatasetFolder,
@@ -44,7 +45,7 @@ from hsi.generate.layout import (
     generation_config,
 )
 from hsi.generate.pairs import resolve_pairs
-from hsi.generate.recipe import build_recipe, needed_images
+from hsi.generate.recipe import Selection, needed_images
 from hsi.io import remove_stale_temps, sha256_file, shard_items
 from hsi.sources.record import Box, SourceIndex
 from hsi.workers import ordered_map
@@ -52,18 +53,9 @@ from hsi.workers import ordered_map
 
 # ----------------------------------------------------------------------------- configuration
 def make_recipe(cfg: DictConfig, index: SourceIndex) -> pd.DataFrame:
-    """The recipe the config asks for (hsi.generate.recipe.build_recipe with the config's keys)."""
-    spec = DatasetSpec.from_config(cfg.dataset)
-    return build_recipe(
-        index,
-        seed=int(cfg.seed),
-        sizes=spec.sizes,
-        counts=spec.counts,
-        classes=None if spec.classes is None else list(spec.classes),
-        pairs=resolve_pairs(spec, index),
-        replacement=spec.replacement,
-        resolution=spec.resolution,
-    )
+    """The recipe the config asks for (hsi.generate.recipe.select_images with the config's
+    keys, its box-coverage policy included: a `detect` policy runs the detector here)."""
+    return make_selection(cfg, index).recipe()
 
 
 def check_settings(cfg: DictConfig) -> DatasetSpec:
@@ -115,14 +107,18 @@ def check_components(cfg: DictConfig) -> None:
             raise
 
 
-def prepare_output(cfg: DictConfig, index: SourceIndex) -> pd.DataFrame:
-    """Write the generation config, the recipe (and v2's pairs) into `out`; return the recipe."""
+def prepare_output(cfg: DictConfig, index: SourceIndex) -> tuple[pd.DataFrame, Selection]:
+    """Write the generation config, the recipe, its coverage table (v2's pairs, the detector
+    boxes used) into `out`; return the recipe and the selection it came from."""
     # Everything that can fail on the configuration comes before the first write, so a failed
     # first run leaves no config behind to refuse the corrected one.
-    recipe = make_recipe(cfg, index)
+    selection = make_selection(cfg, index)
+    recipe = selection.recipe()
     pairs = resolve_pairs(DatasetSpec.from_config(cfg.dataset), index)
-    DatasetFolder(cfg.out).write_definition(generation_config(cfg), recipe, pairs)
-    return recipe
+    folder = DatasetFolder(cfg.out)
+    detected = detected_table(selection) if selection.detected else None
+    folder.write_definition(generation_config(cfg), recipe, pairs, detected, selection.table())
+    return recipe, selection
 
 
 # ----------------------------------------------------------------------------- workers
@@ -233,6 +229,7 @@ class BuildSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     workers: dict[int, dict[str, int]] = field(default_factory=dict)  # pid -> counters
     seconds: float = 0.0
+    coverage: list[str] = field(default_factory=list)  # box-coverage lines of the report
 
     @property
     def failed(self) -> int:
@@ -246,6 +243,7 @@ class BuildSummary:
             f"in {self.seconds:.1f} s",
             f"  assets:   {folder.assets_dir}",
             f"  recipe:   {folder.recipe_path}",
+            *self.coverage,
             f"  manifest: {folder.manifest_path(self.shard, self.num_shards)}",
         ]
         if self.rebuilt:
@@ -261,6 +259,19 @@ class BuildSummary:
         if self.failed:
             lines.append("  failed images have no assets; fix the cause and rerun the same command")
         return "\n".join(lines)
+
+
+def coverage_lines(recipe: pd.DataFrame, selection: Selection) -> list[str]:
+    """The build report's box-coverage lines: policy, repeats, detector boxes, dropped classes."""
+    sources = recipe["box_source"].value_counts().to_dict()
+    lines = [
+        f"  coverage: dataset.coverage={selection.policy}: {int(recipe['reused'].sum())} rows "
+        f"repeat an image; box sources of the samples: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(sources.items()))
+    ]
+    for wnid, why in selection.dropped.items():
+        lines.append(f"  DROPPED class {wnid}: {why}")
+    return lines
 
 
 def _manifest_row(key: str, status: str, reason: str, hashes: Mapping[str, str]) -> dict:
@@ -313,7 +324,7 @@ def _build_shard(
 
     if index is None:
         index = load_source(cfg.source)
-    recipe = prepare_output(cfg, index)
+    recipe, selection = prepare_output(cfg, index)
     items = shard_items(needed_images(recipe), shard, num_shards)
     records = {r.key: r for r in index.records}
     kinds = spec.asset_kinds
@@ -325,6 +336,7 @@ def _build_shard(
     ]
 
     summary = BuildSummary(out=folder.out, shard=shard, num_shards=num_shards, items=len(items))
+    summary.coverage = coverage_lines(recipe, selection)
     rows: dict[str, dict] = {}
     tasks: list[AssetTask] = []
     for key in items:
@@ -337,8 +349,10 @@ def _build_shard(
             summary.rebuilt.append(key)
         r = records[key]
         path = str((Path(index.root) / r.path).resolve())
+        # an unannotated image the recipe took under coverage=detect: the detector's box
+        boxes = (selection.detected[key][0],) if key in selection.detected else r.boxes
         tasks.append(
-            AssetTask(key, path, r.width, r.height, tuple(tuple(map(float, b)) for b in r.boxes))
+            AssetTask(key, path, r.width, r.height, tuple(tuple(map(float, b)) for b in boxes))
         )
 
     settings = WorkerSettings(

@@ -6,6 +6,10 @@ This module is the only one that knows the file names inside a built dataset:
                                  inpaint, dataset), resolved; every shard writes the same bytes
     recipe.csv                   one row per sample (hsi.generate.recipe)
     pairs.csv                    v2 only: the class pairs used
+    coverage.csv                 per class and split: boxed/unboxed images, what the recipe takes,
+                                 the box-coverage action (the rows of `hsi-generate plan`)
+    detected_boxes.csv           dataset.coverage=detect only: the detector boxes the recipe
+                                 uses (key, box, box_source)
     assets/<kind>/<split>/<image_id>.png    per source image (hsi.generate.assets)
     manifest/shard-<i>-of-<n>.csv           per build shard: status and sha256 of every asset
     skipped.csv                  source entries the reader skipped and images that failed to
@@ -49,6 +53,8 @@ from hsi.io import atomic_write_bytes, write_once
 CONFIG_FILE = "config.yaml"
 RECIPE_FILE = "recipe.csv"
 PAIRS_FILE = "pairs.csv"
+DETECTED_FILE = "detected_boxes.csv"
+COVERAGE_FILE = "coverage.csv"
 ASSETS_DIR = "assets"
 MANIFEST_DIR = "manifest"
 SKIPPED_FILE = "skipped.csv"
@@ -186,7 +192,12 @@ class DatasetFolder:
         return read_recipe(self.recipe_path)
 
     def write_definition(
-        self, config_text: str, recipe: pd.DataFrame, pairs: Mapping | None
+        self,
+        config_text: str,
+        recipe: pd.DataFrame,
+        pairs: Mapping | None,
+        detected: pd.DataFrame | None = None,
+        coverage: pd.DataFrame | None = None,
     ) -> None:
         """Write config.yaml, recipe.csv (and pairs.csv): absent, identical, or an error.
 
@@ -200,6 +211,10 @@ class DatasetFolder:
         write_once(self.recipe_path, csv_bytes(recipe), hint)
         if pairs and not self.pairs_path.is_file():
             write_pairs_csv(pairs, self.pairs_path)
+        if detected is not None:
+            write_once(self.out / DETECTED_FILE, csv_bytes(detected), hint)
+        if coverage is not None:
+            write_once(self.out / COVERAGE_FILE, csv_bytes(coverage), hint)
 
     # ---- manifests
     def read_manifests(self) -> pd.DataFrame:

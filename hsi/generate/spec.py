@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsi.generate.recipe import RecipeCounts
+from hsi.generate.recipe import FALLBACKS, POLICIES, RecipeCounts
 from hsi.groups import default_sizes
 
 # The keys that decide what is built (saved in the built folder) ...
@@ -44,7 +44,10 @@ class DatasetSpec:
     pairs: object = None  # null (v1) | "paper" | {fg_wnid: bg_wnid}
     pairs_from: str | None = None
     pairs_count: int = 10
-    replacement: bool = False
+    coverage: str = "error"  # a class short of boxed images: error | reuse | drop | detect
+    coverage_fallback: str = "error"  # after detect, for a class still short: error | reuse | drop
+    detector: dict | None = None  # a conf/detector/<kind>.yaml node (coverage=detect)
+    min_score: float = 0.3  # detector boxes kept at or above this score
     resize_mode: str = "squash"
     paste: str = "rect"
     core_box: str = "largest"
@@ -82,6 +85,22 @@ class DatasetSpec:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"dataset.counts: {e}") from None
         classes = node.get("classes")
+        coverage = _coverage(node)
+        detector = node.get("detector")
+        if coverage == "detect" and not detector:
+            raise ConfigError(
+                "dataset.coverage=detect needs a detector: add +detector@dataset.detector=<kind> "
+                "(conf/detector/: owlv2, owlvit, grounding_dino, cam) with its path or checkpoint"
+            )
+        if detector is not None and not isinstance(detector, Mapping):
+            raise ConfigError(
+                f"dataset.detector={detector!r}: must be a detector config node (conf/detector/) or null"
+            )
+        min_score = node.get("min_score", 0.3)
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
+            raise ConfigError(f"dataset.min_score={min_score!r}: must be a number in [0, 1]")
+        if not 0.0 <= min_score <= 1.0:
+            raise ConfigError(f"dataset.min_score={min_score}: must lie in [0, 1]")
         spec = cls(
             name=str(node.get("name", "hsi")),
             resolution=resolution,
@@ -91,7 +110,10 @@ class DatasetSpec:
             pairs=node.get("pairs"),
             pairs_from=node.get("pairs_from") or None,
             pairs_count=_int(node, "pairs_count", 10),
-            replacement=bool(node.get("replacement", False)),
+            coverage=coverage,
+            coverage_fallback=str(node.get("coverage_fallback") or "error"),
+            detector=None if detector is None else dict(detector),
+            min_score=float(min_score),
             resize_mode=str(node.get("resize_mode", "squash")),
             paste=str(node.get("paste", "rect")),
             core_box=str(node.get("core_box", "largest")),
@@ -100,6 +122,7 @@ class DatasetSpec:
             ("resize_mode", spec.resize_mode, RESIZE_MODES),
             ("paste", spec.paste, PASTE_MODES),
             ("core_box", spec.core_box, CORE_BOXES),
+            ("coverage_fallback", spec.coverage_fallback, FALLBACKS),
         ):
             if value not in allowed:
                 raise ConfigError(f"dataset.{key}={value!r}: must be one of {', '.join(allowed)}")
@@ -109,6 +132,27 @@ class DatasetSpec:
     def asset_kinds(self) -> tuple[str, ...]:
         """Assets each image needs: the alpha mask only for `paste: alpha` (SAM variant)."""
         return ASSET_KINDS if self.paste == "alpha" else ASSET_KINDS[:2]
+
+
+def _coverage(node: Mapping) -> str:
+    """`dataset.coverage`, with the old `dataset.replacement=true` read as `coverage: reuse`."""
+    coverage = str(node.get("coverage") or "error")
+    if coverage not in POLICIES:
+        raise ConfigError(f"dataset.coverage={coverage!r}: must be one of {', '.join(POLICIES)}")
+    replacement = node.get("replacement")
+    if replacement not in (None, False, True):
+        raise ConfigError(
+            f"dataset.replacement={replacement!r}: the old key takes true or false; "
+            "use dataset.coverage=reuse instead"
+        )
+    if replacement:
+        if coverage not in ("error", "reuse"):
+            raise ConfigError(
+                f"dataset.replacement=true (the old spelling of dataset.coverage=reuse) "
+                f"contradicts dataset.coverage={coverage}; remove dataset.replacement"
+            )
+        coverage = "reuse"
+    return coverage
 
 
 def _plain(node: Mapping) -> dict:

@@ -8,7 +8,14 @@ reader (hsi.sources.imagenet) reads like the real thing:
     <out>/boxes/train/<wnid>/<wnid>_<n>.xml             PASCAL VOC, as ImageNet's
     <out>/val/ILSVRC2012_val_<8 digits>.JPEG            flat, numbered in a seeded shuffled order
     <out>/boxes/val/ILSVRC2012_val_<8 digits>.xml        the label comes from <name>
+    <out>/hidden_boxes/train/<wnid>/<wnid>_<n>.xml      the true boxes of the train images that
+                                                        carry no annotation (not read as boxes:
+                                                        ground truth for a detector's audit)
     <out>/synth.json                                    parameters; written last = complete
+
+Like ImageNet (about 42% of its train images have a box, unevenly per class; val all), only a
+fraction of each class's train images is annotated: `train_box_fraction`, one number for every
+class or a range [low, high] from which each class draws its own fraction (seeded by its wnid).
 
 What the images hold (see hsi.sources.synthetic_draw): a class-specific grey striped silhouette
 on a class-specific "habitat" background that matches the class with probability
@@ -40,10 +47,11 @@ from hsi.sources.synthetic_draw import Placement, class_look, draw_habitat, draw
 from hsi.sources.voc import voc_xml
 from hsi.workers import ordered_map
 
-FORMAT_VERSION = 1  # bump when the same parameters would draw different pixels
+FORMAT_VERSION = 2  # bump when the same parameters would draw different pixels
 DONE_FILE = "synth.json"
 PARTIAL_FILE = "synth.partial.json"  # written first: proves a half-written folder is ours
-OUTPUTS = ("LOC_synset_mapping.txt", "train", "val", "boxes")
+OUTPUTS = ("LOC_synset_mapping.txt", "train", "val", "boxes", "hidden_boxes")
+HIDDEN_BOXES = "hidden_boxes"  # true boxes of unannotated images; no reader takes them as boxes
 ASPECT_JITTER = (0.75, 4 / 3)  # object box aspect relative to the image's
 MIN_SIDE = 4.0  # px: no object smaller (size_range starts at 16 px or more)
 
@@ -64,7 +72,9 @@ class SynthParams:
     multi_object_prob: float = 0.15
     multi_object_count: int = 2
     size_range: tuple[int, int] = (96, 160)  # image width and height drawn in this range, px
-    train_box_fraction: float = 1.0  # ImageNet has boxes for ~42% of train images
+    # fraction of a class's train images with a box file: one number for every class, or
+    # [low, high] from which each class draws its own (ImageNet: ~42% overall, uneven per class)
+    train_box_fraction: float | tuple[float, float] = (0.3, 0.55)
     jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
@@ -79,11 +89,16 @@ class SynthParams:
             ("habitat_prob", float),
             ("center_sd", float),
             ("multi_object_prob", float),
-            ("train_box_fraction", float),
         ):
             object.__setattr__(self, name, kind(getattr(self, name)))
         object.__setattr__(self, "area_range", tuple(float(v) for v in self.area_range))
         object.__setattr__(self, "size_range", tuple(int(v) for v in self.size_range))
+        fraction = self.train_box_fraction
+        if isinstance(fraction, (int, float, str)):
+            fraction = float(fraction)  # one value for all classes: stored as given (a number)
+        else:
+            fraction = tuple(float(v) for v in fraction)
+        object.__setattr__(self, "train_box_fraction", fraction)
         self._check()
 
     def _check(self) -> None:
@@ -92,9 +107,19 @@ class SynthParams:
             problems.append(f"num_classes={self.num_classes} must lie in [1, 10000000]")
         if self.train_per_class < 0 or self.val_per_class < 0:
             problems.append("train_per_class and val_per_class must be >= 0")
-        for name in ("habitat_prob", "multi_object_prob", "train_box_fraction"):
+        for name in ("habitat_prob", "multi_object_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name}={getattr(self, name)} must lie in [0, 1]")
+        low, high = self.box_fraction_range
+        if isinstance(self.train_box_fraction, tuple) and len(self.train_box_fraction) != 2:
+            problems.append(
+                f"train_box_fraction={list(self.train_box_fraction)} must be one number or [low, high]"
+            )
+        elif not 0.0 <= low <= high <= 1.0:
+            problems.append(
+                f"train_box_fraction={self.to_json()['train_box_fraction']} must lie in [0, 1] "
+                "(a range: [low, high] with low <= high)"
+            )
         if self.center_sd < 0:
             problems.append(f"center_sd={self.center_sd} must be >= 0")
         if len(self.area_range) != 2 or not 0.0 < self.area_range[0] <= self.area_range[1] <= 1.0:
@@ -111,6 +136,22 @@ class SynthParams:
             problems.append(f"jpeg_quality={self.jpeg_quality} must lie in [1, 100]")
         if problems:
             raise ValueError("synthetic source: " + "; ".join(problems))
+
+    @property
+    def box_fraction_range(self) -> tuple[float, float]:
+        f = self.train_box_fraction
+        if isinstance(f, tuple):
+            return (f[0], f[-1]) if f else (0.0, -1.0)
+        return f, f
+
+    def class_box_fraction(self, wnid: str) -> float:
+        """The fraction of this class's train images that carry a box file (seeded by the wnid)."""
+        low, high = self.box_fraction_range
+        if low == high:
+            return low
+        return low + (high - low) * float(
+            item_rng(self.seed, "synthetic", "box-fraction", wnid).random()
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -144,7 +185,7 @@ def plan_items(p: SynthParams) -> list[Item]:
     items = []
     for k in range(p.num_classes):
         wnid = wnid_of(k)
-        n_boxed = round(p.train_box_fraction * p.train_per_class)
+        n_boxed = round(p.class_box_fraction(wnid) * p.train_per_class)
         boxed = set(
             item_rng(p.seed, "synthetic", "train-boxes", wnid)
             .permutation(p.train_per_class)[:n_boxed]
@@ -171,7 +212,8 @@ def image_path(out: Path, item: Item) -> Path:
 
 
 def box_path(out: Path, item: Item) -> Path:
-    folder = out / "boxes" / item.split
+    """Where the item's boxes go: the annotation, or the hidden truth of an unannotated image."""
+    folder = out / ("boxes" if item.with_box else HIDDEN_BOXES) / item.split
     if item.split == "train":
         folder = folder / wnid_of(item.label)
     return folder / f"{item.stem}.xml"
@@ -235,15 +277,14 @@ def _write_item(_state: None, task: tuple[SynthParams, str, Item, bool]) -> None
     p, out_str, item, resume = task
     out = Path(out_str)
     jpeg, xml = image_path(out, item), box_path(out, item)
-    if resume and jpeg.exists() and (xml.exists() or not item.with_box):
+    if resume and jpeg.exists() and xml.exists():
         return
     pixels, boxes, _ = render_item(p, item)
     buf = io.BytesIO()
     # PIL writes no timestamp into a JPEG: the same pixels give the same bytes.
     Image.fromarray(pixels).save(buf, format="JPEG", quality=p.jpeg_quality)
     atomic_write_bytes(jpeg, buf.getvalue())
-    if item.with_box:
-        atomic_write_bytes(xml, item_voc_xml(item, pixels.shape[1], pixels.shape[0], boxes))
+    atomic_write_bytes(xml, item_voc_xml(item, pixels.shape[1], pixels.shape[0], boxes))
 
 
 def _init_worker() -> None:
@@ -368,6 +409,20 @@ def write_synthetic(
     )
     (out / PARTIAL_FILE).unlink(missing_ok=True)
     return out
+
+
+def read_hidden_boxes(out: str | Path) -> dict[str, tuple[tuple[float, float, float, float], ...]]:
+    """{ImageRecord key: true boxes} of the train images written without a box file.
+
+    What a detector run on those images should find (hsi.sources.imagenet never reads them).
+    """
+    from hsi.sources.voc import parse_voc
+
+    found = {}
+    for xml in sorted((Path(out) / HIDDEN_BOXES / "train").glob("*/*.xml")):
+        objects = parse_voc(xml).objects
+        found[f"train/{xml.stem}"] = tuple(tuple(float(v) for v in o.box) for o in objects)
+    return found
 
 
 def read_counts(out: str | Path) -> dict[str, int]:
