@@ -20,7 +20,7 @@ from hsi.groups import default_sizes
 GENERATION_KEYS = ("seed", "source", "mask", "inpaint", "dataset")
 # ... and the keys that change how a build runs, never what it holds: left out of the saved
 # config (also from the source node) and of anything that names the data a job uses.
-RUNTIME_KEYS = ("workers", "progress", "shard", "num_shards")
+RUNTIME_KEYS = ("workers", "progress", "shard", "num_shards", "cache", "cache_dir")
 ASSET_KINDS = ("bg", "core", "alpha")
 RESIZE_MODES = ("squash", "fit")
 PASTE_MODES = ("rect", "alpha")

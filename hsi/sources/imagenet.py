@@ -24,6 +24,10 @@ image: a partial copy of ImageNet keeps working), a flat val image whose label c
 folder that cannot be listed, an I/O error: one skip naming the error). Images without any box stay in the index with `boxes=()` (most of train).
 Every box of an image counts as an object of the image's class, as in ImageNet CLS-LOC, so box
 names are used only to label flat val images.
+
+Before the index is returned, the images a recipe may pick are fully decoded (`decode_check`,
+hsi.sources.decode_check), and the whole read is cached while the tree's listing is unchanged
+(`cache`, `cache_dir`, hsi.sources.index_cache).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsi.sources.decode_check import check_decodes, check_mode
 from hsi.sources.images import ImageReadError, read_size
+from hsi.sources.index_cache import IndexCache, default_cache_dir, listing_digest
 from hsi.sources.kaggle import read_loc_solution
 from hsi.sources.record import Box, ClassInfo, ImageRecord, Skip, SourceIndex
 from hsi.sources.synsets import SynsetNames, UnknownClassName, read_synsets
@@ -160,6 +166,9 @@ class ImageNetSource:
         synsets: str | os.PathLike | None = None,
         workers: int = 1,
         progress: bool = True,
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        decode_check: str = "boxed",
     ):
         self.root = Path(root).expanduser()
         self.image_dirs = {
@@ -177,6 +186,9 @@ class ImageNetSource:
         )
         self.workers = max(1, int(workers))
         self.progress = progress
+        self.cache = bool(cache)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.decode_check = check_mode(str(decode_check))
 
     # ---- layout -------------------------------------------------------------------------------
 
@@ -446,8 +458,59 @@ class ImageNetSource:
             )
 
     def load(self) -> SourceIndex:
-        """List, read headers and annotations, normalise boxes; records sorted by (split, image_id)."""
+        """The index (see `read`), from the cache when the tree is unchanged, decode-checked."""
         box_sources = self._check_layout()
+        cache = None
+        if self.cache:
+            cache = IndexCache(self.cache_dir, self._settings(box_sources))
+            listing, entries = listing_digest(self._listed_paths(box_sources))
+            index = cache.load(listing, self.root)
+            if index is not None:
+                log.info(
+                    "ImageNet %s: index from %s (%d entries unchanged)",
+                    self.root,
+                    cache.path,
+                    entries,
+                )
+            else:
+                index = self.read(box_sources)
+                cache.save(listing, index)
+        else:
+            index = self.read(box_sources)
+        summary = check_decodes(
+            index,
+            self.decode_check,
+            cache.sibling("decode") if cache is not None else None,
+            workers=self.workers,
+            progress=self.progress,
+        )
+        if summary.failed:
+            log.warning(
+                "ImageNet %s: %d of %d checked images do not decode; left out as skips",
+                self.root,
+                summary.failed,
+                summary.checked,
+            )
+        return index
+
+    def _settings(self, box_sources: dict[str, Path]) -> dict[str, str]:
+        """What the read depends on besides the files: the resolved paths."""
+        paths = {"root": self.root, "synsets": self.synsets}
+        for split in SPLITS:
+            paths[f"{split}_dir"] = self.image_dirs[split]
+            paths[f"{split}_boxes"] = box_sources[split]
+        return {key: str(Path(os.path.abspath(p))) for key, p in paths.items()}
+
+    def _listed_paths(self, box_sources: dict[str, Path]) -> list[Path]:
+        return [
+            self.synsets,
+            *(self.image_dirs[s] for s in SPLITS),
+            *(box_sources[s] for s in SPLITS),
+        ]
+
+    def read(self, box_sources: dict[str, Path] | None = None) -> SourceIndex:
+        """List, read headers and annotations, normalise boxes; records sorted by (split, image_id)."""
+        box_sources = box_sources or self._check_layout()
         classes = read_synsets(self.synsets)
         index = SourceIndex(root=self.root, classes=classes, records=[])
         names = SynsetNames(classes)
