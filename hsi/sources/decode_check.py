@@ -14,7 +14,8 @@ recipe picks another image in its place.
     none   no check (a broken image then fails at build time, as a manifest row)
 
 The outcome per image is cached beside the index (`decode-<key>.pkl`), keyed by the file's
-path, size and mtime, so a rerun decodes only new or changed files.
+path, size and mtime, so a read after a change decodes only new or changed files (and an
+unchanged tree's index is stored already checked: no decode, no stat).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class DecodeSummary:
     failed: int = 0  # left out as skips
 
 
-def _file_key(path: Path, record: ImageRecord) -> tuple | None:
+def _file_key(path: str, record: ImageRecord) -> tuple | None:
     try:
         info = os.stat(path)
     except OSError:
@@ -85,15 +86,15 @@ def _file_key(path: Path, record: ImageRecord) -> tuple | None:
 
 
 def _load_cache(path: Path | None) -> dict:
+    """{path: ((size, mtime_ns, width, height), reason)} of earlier runs."""
     if path is None or not path.is_file():
         return {}
     try:
         with open(path, "rb") as f:
-            data = pickle.load(f)
+            return dict(pickle.load(f)["entries"])
     except Exception as e:  # noqa: BLE001 - a damaged cache is a miss
         log.warning("decode cache %s is unreadable (%s); decoding again", path, e)
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def check_decodes(
@@ -113,18 +114,18 @@ def check_decodes(
     if not chosen:
         return summary
     cache = _load_cache(cache_path)
+    root = os.fspath(index.root)
     reasons: dict[str, str] = {}
     todo: list[tuple[ImageRecord, tuple | None]] = []
     for record in chosen:
-        path = Path(index.root) / record.path
-        key = _file_key(path, record)
         hit = cache.get(record.path)
+        key = _file_key(os.path.join(root, record.path), record)
         if key is not None and hit is not None and hit[0] == key:
             reasons[record.path] = hit[1]
         else:
             todo.append((record, key))
     if todo:
-        tasks = [(str(Path(index.root) / r.path), r.width, r.height) for r, _ in todo]
+        tasks = [(os.path.join(root, r.path), r.width, r.height) for r, _ in todo]
         busy = workers if len(tasks) >= MIN_TASKS_PER_WORKER * workers else 1
         results = ordered_map(
             decode_reason,
@@ -140,13 +141,14 @@ def check_decodes(
             if key is not None:
                 cache[record.path] = (key, reason)
         summary.decoded = len(todo)
-        if cache_path is not None:
-            # Only the current candidates are kept: the file never grows past the tree.
-            kept = {r.path: cache[r.path] for r in chosen if r.path in cache}
-            try:
-                atomic_write_bytes(cache_path, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
-            except OSError as e:
-                log.warning("cannot write the decode cache %s (%s)", cache_path, e.strerror or e)
+    if cache_path is not None and todo:
+        # Only the current candidates are kept: the file never grows past the tree.
+        kept = {r.path: cache[r.path] for r in chosen if r.path in cache}
+        data = {"entries": kept}
+        try:
+            atomic_write_bytes(cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as e:
+            log.warning("cannot write the decode cache %s (%s)", cache_path, e.strerror or e)
     failed = {path: why for path, why in reasons.items() if why}
     if failed:
         index.records = [r for r in index.records if r.path not in failed]

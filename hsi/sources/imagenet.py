@@ -458,25 +458,22 @@ class ImageNetSource:
             )
 
     def load(self) -> SourceIndex:
-        """The index (see `read`), from the cache when the tree is unchanged, decode-checked."""
+        """The index (see `read`), decode-checked; from the cache while the tree is unchanged."""
         box_sources = self._check_layout()
-        cache = None
+        cache = listing = None
         if self.cache:
-            cache = IndexCache(self.cache_dir, self._settings(box_sources))
+            cache = IndexCache(self.cache_dir, self._settings(box_sources), self.decode_check)
             listing, entries = listing_digest(self._listed_paths(box_sources))
             index = cache.load(listing, self.root)
             if index is not None:
                 log.info(
-                    "ImageNet %s: index from %s (%d entries unchanged)",
+                    "ImageNet %s: %d entries unchanged, index from %s",
                     self.root,
-                    cache.path,
                     entries,
+                    cache.path,
                 )
-            else:
-                index = self.read(box_sources)
-                cache.save(listing, index)
-        else:
-            index = self.read(box_sources)
+                return index
+        index = self.read(box_sources)
         summary = check_decodes(
             index,
             self.decode_check,
@@ -491,6 +488,8 @@ class ImageNetSource:
                 summary.failed,
                 summary.checked,
             )
+        if cache is not None:
+            cache.save(listing, index)
         return index
 
     def _settings(self, box_sources: dict[str, Path]) -> dict[str, str]:
