@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from hsi.cli.generate import run, verb_to_override
-from hsi.generate.assets import AssetStore, choose_core_box, crop, resize_rgb
+from hsi.generate.assets import AssetStore, capped_size, choose_core_box, crop, resize_rgb
 from hsi.generate.build import make_recipe, run_build
 from hsi.generate.compose import Composer
 from hsi.generate.compose import compose as compose_sample
@@ -151,7 +151,10 @@ def test_r_background_is_another_class_and_really_that_image(recipe, reference, 
         )
         assert (store.load("bg", key) == resize_rgb(filled, 64, 64)).all()
         core = crop(image, choose_core_box(record.boxes, "largest"))
-        assert (store.load("core", key) == core).all()
+        # stored with its shorter side capped at the largest size (32 px), aspect kept
+        width, height = capped_size(core.shape[1], core.shape[0], 32)
+        assert min(core.shape[:2]) > 32 and min(width, height) == 32
+        assert (store.load("core", key) == resize_rgb(core, width, height)).all()
 
 
 def test_composed_samples_have_the_group_geometry(recipe, reference):

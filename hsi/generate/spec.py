@@ -48,6 +48,7 @@ class DatasetSpec:
     resize_mode: str = "squash"
     paste: str = "rect"
     core_box: str = "largest"
+    crop_cap: int | None = None  # shorter side of a stored core crop, px (None: full resolution)
 
     @classmethod
     def from_config(cls, node: Mapping) -> DatasetSpec:
@@ -95,6 +96,7 @@ class DatasetSpec:
             resize_mode=str(node.get("resize_mode", "squash")),
             paste=str(node.get("paste", "rect")),
             core_box=str(node.get("core_box", "largest")),
+            crop_cap=_crop_cap(node.get("crop_cap", "auto"), sizes),
         )
         for key, value, allowed in (
             ("resize_mode", spec.resize_mode, RESIZE_MODES),
@@ -109,6 +111,24 @@ class DatasetSpec:
     def asset_kinds(self) -> tuple[str, ...]:
         """Assets each image needs: the alpha mask only for `paste: alpha` (SAM variant)."""
         return ASSET_KINDS if self.paste == "alpha" else ASSET_KINDS[:2]
+
+
+def _crop_cap(value: object, sizes: tuple[int, ...]) -> int | None:
+    """`dataset.crop_cap`: auto = the largest pasted size, null = no cap, or a size >= it.
+
+    A crop whose shorter side is at least the largest size s keeps every pixel the composition
+    can use: squash resizes each side to s, fit the longer side to s (the shorter one to less).
+    """
+    if value is None:
+        return None
+    if value == "auto":
+        return int(max(sizes))
+    if isinstance(value, bool) or not isinstance(value, int) or value < max(sizes):
+        raise ConfigError(
+            f"dataset.crop_cap={value!r}: give auto (the largest size, {max(sizes)}), null (full "
+            f"resolution) or a whole number >= {max(sizes)}; a smaller cap would lose pixels"
+        )
+    return value
 
 
 def _plain(node: Mapping) -> dict:
