@@ -35,6 +35,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hsi.generate.assets import AssetStore, asset_bytes, make_assets
+from hsi.generate.inpaint.weights import check_checkpoints
 from hsi.generate.layout import (
     ConfigError,
     DatasetFolder,
@@ -91,15 +92,8 @@ def check_components(cfg: DictConfig) -> None:
             f"dataset={spec.name} pastes the object's Segment-Anything mask, but mask is "
             f"{cfg.mask.get('_target_')}; use mask=sam mask.checkpoint=/path/sam_vit_b_01ec64.pth"
         )
-    for group in ("mask", "inpaint"):
-        node = cfg[group]
-        # `"checkpoint" in node` is False for a `???` value: ask OmegaConf directly
-        if OmegaConf.is_missing(node, "checkpoint") or (
-            "checkpoint" in node and node.checkpoint is None
-        ):
-            raise ValueError(
-                f"{group}.checkpoint is not set; add {group}.checkpoint=/path/to/the/file"
-            )
+    # Unset keys, missing files and files of the wrong kind, named with the file expected.
+    check_checkpoints(cfg)
     # The components check their own settings (checkpoint files included) when built; models
     # load lazily, so building them here is cheap and fails before any image is touched.
     from hydra.errors import InstantiationException
