@@ -40,9 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsi.sources.decode_check import check_decodes, check_mode
+from hsi.sources.decode_check import check_mode
 from hsi.sources.images import ImageReadError, read_size
-from hsi.sources.index_cache import IndexCache, default_cache_dir, listing_digest
+from hsi.sources.index_cache import default_cache_dir, load_cached
 from hsi.sources.kaggle import read_loc_solution
 from hsi.sources.record import Box, ClassInfo, ImageRecord, Skip, SourceIndex
 from hsi.sources.synsets import SynsetNames, UnknownClassName, read_synsets
@@ -460,52 +460,19 @@ class ImageNetSource:
     def load(self) -> SourceIndex:
         """The index (see `read`), decode-checked; from the cache while the tree is unchanged."""
         box_sources = self._check_layout()
-        cache = listing = None
-        if self.cache:
-            cache = IndexCache(self.cache_dir, self._settings(box_sources), self.decode_check)
-            listing, entries = listing_digest(self._listed_paths(box_sources))
-            index = cache.load(listing, self.root)
-            if index is not None:
-                log.info(
-                    "ImageNet %s: %d entries unchanged, index from %s",
-                    self.root,
-                    entries,
-                    cache.path,
-                )
-                return index
-        index = self.read(box_sources)
-        summary = check_decodes(
-            index,
-            self.decode_check,
-            cache.sibling("decode") if cache is not None else None,
-            workers=self.workers,
-            progress=self.progress,
-        )
-        if summary.failed:
-            log.warning(
-                "ImageNet %s: %d of %d checked images do not decode; left out as skips",
-                self.root,
-                summary.failed,
-                summary.checked,
-            )
-        if cache is not None:
-            cache.save(listing, index)
-        return index
-
-    def _settings(self, box_sources: dict[str, Path]) -> dict[str, str]:
-        """What the read depends on besides the files: the resolved paths."""
         paths = {"root": self.root, "synsets": self.synsets}
         for split in SPLITS:
             paths[f"{split}_dir"] = self.image_dirs[split]
             paths[f"{split}_boxes"] = box_sources[split]
-        return {key: str(Path(os.path.abspath(p))) for key, p in paths.items()}
-
-    def _listed_paths(self, box_sources: dict[str, Path]) -> list[Path]:
-        return [
-            self.synsets,
-            *(self.image_dirs[s] for s in SPLITS),
-            *(box_sources[s] for s in SPLITS),
-        ]
+        return load_cached(
+            lambda: self.read(box_sources),
+            self.root,
+            paths,
+            cache_dir=self.cache_dir if self.cache else None,
+            decode_check=self.decode_check,
+            workers=self.workers,
+            progress=self.progress,
+        )
 
     def read(self, box_sources: dict[str, Path] | None = None) -> SourceIndex:
         """List, read headers and annotations, normalise boxes; records sorted by (split, image_id)."""

@@ -26,7 +26,7 @@ import logging
 import os
 import pickle
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
 
@@ -178,4 +178,58 @@ class IndexCache:
             )
 
 
-__all__ = ["FORMAT", "IndexCache", "default_cache_dir", "listing_digest", "settings_key"]
+def load_cached(
+    read: Callable[[], SourceIndex],
+    root: Path,
+    paths: Mapping[str, Path],
+    *,
+    cache_dir: Path | None,
+    decode_check: str,
+    workers: int = 1,
+    progress: bool = True,
+) -> SourceIndex:
+    """`read()` decode-checked (hsi.sources.decode_check), or its cached result.
+
+    `paths`: what the reader reads (its folders and files, by key); their resolved names key
+    the cache file, their listing its content. `cache_dir=None`: no cache, read every time.
+    """
+    from hsi.sources.decode_check import check_decodes
+
+    cache = listing = None
+    if cache_dir is not None:
+        resolved = {key: str(Path(os.path.abspath(p))) for key, p in paths.items()}
+        cache = IndexCache(cache_dir, resolved, decode_check)
+        # the root itself is not listed: only what lies in the read folders counts
+        listing, entries = listing_digest(p for key, p in sorted(paths.items()) if key != "root")
+        index = cache.load(listing, root)
+        if index is not None:
+            log.info("source %s: %d entries unchanged, index from %s", root, entries, cache.path)
+            return index
+    index = read()
+    summary = check_decodes(
+        index,
+        decode_check,
+        cache.sibling("decode") if cache is not None else None,
+        workers=workers,
+        progress=progress,
+    )
+    if summary.failed:
+        log.warning(
+            "source %s: %d of %d checked images do not decode; left out as skips",
+            root,
+            summary.failed,
+            summary.checked,
+        )
+    if cache is not None:
+        cache.save(listing, index)
+    return index
+
+
+__all__ = [
+    "FORMAT",
+    "IndexCache",
+    "default_cache_dir",
+    "listing_digest",
+    "load_cached",
+    "settings_key",
+]
