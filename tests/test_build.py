@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from hsi.cli.generate import run, verb_to_override
-from hsi.generate.assets import AssetStore, choose_core_box, crop, resize_rgb
+from hsi.generate.assets import AssetStore, capped_size, choose_core_box, crop, resize_rgb
 from hsi.generate.build import make_recipe, run_build
 from hsi.generate.compose import Composer
 from hsi.generate.compose import compose as compose_sample
@@ -162,7 +162,10 @@ def test_r_background_is_another_class_and_really_that_image(recipe, reference, 
         )
         assert (store.load("bg", key) == resize_rgb(filled, 64, 64)).all()
         core = crop(image, choose_core_box(record.boxes, "largest"))
-        assert (store.load("core", key) == core).all()
+        # stored with its shorter side capped at the largest size (32 px), aspect kept
+        width, height = capped_size(core.shape[1], core.shape[0], 32)
+        assert min(core.shape[:2]) > 32 and min(width, height) == 32
+        assert (store.load("core", key) == resize_rgb(core, width, height)).all()
 
 
 def test_composed_samples_have_the_group_geometry(recipe, reference):
@@ -349,10 +352,11 @@ def test_killed_build_resumes_to_identical_bytes(
 
 
 def test_a_broken_source_image_is_recorded_and_reported(source_root, tmp_path):
+    """Without the decode check, a truncated body is found at build time, as a failed row."""
     src = tmp_path / "src"
     shutil.copytree(source_root, src)
     out = tmp_path / "out"
-    cfg = make_cfg(out, src, *MINIMAL)
+    cfg = make_cfg(out, src, *MINIMAL, "source.decode_check=none")
     index = load_source(cfg.source)
     broken, fine = needed_images(make_recipe(cfg, index))
     path = src / {r.key: r for r in index.records}[broken].path
@@ -759,20 +763,31 @@ def test_an_unlistable_class_folder_is_one_skip(source_root, tmp_path, monkeypat
     assert index.records and not any(r.path.startswith(rel + "/") for r in index.records)
 
 
-def test_a_failed_image_is_in_skipped_csv(source_root, tmp_path):
+@pytest.mark.parametrize("decode_check", ["none", "boxed"])
+def test_a_failed_image_is_in_skipped_csv(decode_check, source_root, tmp_path):
     source = tmp_path / "src"
     shutil.copytree(source_root, source)
     out = tmp_path / "out"
-    cfg = make_cfg(out, source, *MINIMAL)
-    victim = needed_images(make_recipe(cfg, load_source(cfg.source)))[0]
+    cfg = make_cfg(out, source, *MINIMAL, f"source.decode_check={decode_check}")
+    before = make_recipe(cfg, load_source(cfg.source))
+    victim = needed_images(before)[0]
     path = next(r.path for r in load_source(cfg.source).records if r.key == victim)
     data = (source / path).read_bytes()
     (source / path).write_bytes(data[: len(data) // 2])  # header intact, body cut
     summary = run_build(cfg)
-    assert summary.failed == 1
     skipped = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
     row = skipped[skipped["path"] == path]
     assert len(row) == 1 and row["reason"].iloc[0].startswith("decode:")
+    if decode_check == "none":  # found at build time: its samples are lost
+        assert summary.failed == 1
+        return
+    # checked before the recipe: routed around, another image of its class takes its place
+    after = Composer.from_output(out).recipe
+    assert summary.failed == 0 and victim not in needed_images(after)
+    assert len(after) == len(before)
+    assert (
+        after.groupby(["split", "wnid"]).size() == before.groupby(["split", "wnid"]).size()
+    ).all()
 
 
 @pytest.mark.slow
@@ -827,4 +842,8 @@ def test_runtime_keys_do_not_change_the_saved_config(tmp_path):
     assert "workers" not in generation_config(base) and "progress" not in generation_config(base)
     plain = without_runtime_keys({"out": "o", "shard": 1, "source": {"root": "r", "workers": 4}})
     assert plain == {"out": "o", "source": {"root": "r"}}
-    assert set(RUNTIME_KEYS) == {"workers", "progress", "shard", "num_shards"}
+    assert set(RUNTIME_KEYS) == {"workers", "progress", "shard", "num_shards", "cache", "cache_dir"}
+    cached = make_cfg(
+        tmp_path / "out", tmp_path / "src", "source.cache=false", "source.cache_dir=/x"
+    )
+    assert generation_config(cached) == generation_config(base)

@@ -481,6 +481,9 @@ def test_configs_agree_with_the_library() -> None:
     assert synth.pop("out") == "data/synthetic" == source.pop("root")
     assert synth.pop("verbose") is False  # the console's key (hsi/console.py), not the source's
     assert source.pop("_target_") == "hsi.sources.synthetic.SyntheticSource"
+    # how the written tree is read back (hsi.sources.imagenet), not what hsi-synth writes
+    reading = {key: source.pop(key) for key in ("cache", "cache_dir", "decode_check")}
+    assert reading == {"cache": True, "cache_dir": None, "decode_check": "boxed"}
     assert synth == source
     expected = dict(
         seed=0,

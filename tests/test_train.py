@@ -235,6 +235,7 @@ def test_help_lists_the_groups_chosen_on_hsi_train_with_their_options():
         "callbacks",
         "logger",
         "experiment",
+        "generation",
         "hydra/launcher",
     }
     assert set(listed) == groups  # not source, mask, inpaint, dataset (chosen under data.generate)

@@ -5,8 +5,10 @@ runs once per source image. Three kinds, one PNG each per image (where they live
 dataset is hsi.generate.layout's business):
 
     bg     the inpainted image, resized to resolution x resolution
-    core   the pixels of the core box, cut from the decoded source image
-    alpha  (SAM variant) the object's mask inside that box, 0/255
+    core   the pixels of the core box, cut from the decoded source image; shrunk (aspect kept)
+           until its shorter side is `crop_cap` (dataset.crop_cap: the largest pasted size by
+           default), since no group pastes it larger: storage stays small at no cost in pixels
+    alpha  (SAM variant) the object's mask inside that box, 0/255, at the core's size
 
 All assets are lossless PNGs. Every resize in the project goes through `resize_rgb` (PIL
 bilinear, which PIL antialiases when shrinking) or `resize_mask` (nearest), so that composition
@@ -46,6 +48,15 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     if mask.shape[1] == width and mask.shape[0] == height:
         return np.array(mask, dtype=np.uint8, copy=True)
     return np.asarray(Image.fromarray(mask).resize((width, height), MASK_RESAMPLE))
+
+
+def capped_size(width: int, height: int, cap: int | None) -> tuple[int, int]:
+    """(width, height) scaled (aspect kept) so that the shorter side is at most `cap`."""
+    short = min(width, height)
+    if cap is None or short <= cap:
+        return width, height
+    scale = cap / short
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def box_area(box: Box) -> float:
@@ -106,6 +117,7 @@ def make_assets(
     resolution: int,
     core_box: str = "largest",
     with_alpha: bool = False,
+    crop_cap: int | None = None,
 ) -> ImageAssets:
     """Assets of one decoded image: ONE inpainting call fills the union of all its objects.
 
@@ -113,6 +125,7 @@ def make_assets(
     at full resolution, which is then resized. The core crop comes from the untouched source
     pixels. With `with_alpha`, the masker's undilated object mask of the core box is cropped to
     the box; if nothing of it falls inside the box the whole box is used, as for an empty SAM mask.
+    With `crop_cap`, core (and alpha) are shrunk until their shorter side is `crop_cap`.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image.dtype} {image.shape}")
@@ -127,7 +140,24 @@ def make_assets(
         if not inside.any():
             inside = np.ones_like(inside)
         alpha = inside.astype(np.uint8) * 255
+    width, height = capped_size(core.shape[1], core.shape[0], crop_cap)
+    if (width, height) != (core.shape[1], core.shape[0]):
+        core = resize_rgb(core, width, height)
+        if alpha is not None:
+            alpha = resize_mask(alpha, width, height)
     return ImageAssets(bg=bg, core=core, alpha=alpha)
+
+
+def asset_bytes(store: AssetStore, keys: Sequence[str], kinds: Sequence[str]) -> dict[str, int]:
+    """Bytes on disk of the assets of `keys`, per kind (missing files count 0)."""
+    total = dict.fromkeys(kinds, 0)
+    for key in keys:
+        for kind in kinds:
+            try:
+                total[kind] += store.path(kind, key).stat().st_size
+            except OSError:
+                pass
+    return total
 
 
 class AssetStore:

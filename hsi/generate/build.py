@@ -34,8 +34,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from hsi.generate.assets import AssetStore, make_assets
+from hsi.generate.assets import AssetStore, asset_bytes, make_assets
 from hsi.generate.coverage import detected_table, make_selection
+from hsi.generate.inpaint.weights import check_checkpoints
 from hsi.generate.layout import (
     ConfigError,
     DatasetFolder,
@@ -83,15 +84,8 @@ def check_components(cfg: DictConfig) -> None:
             f"dataset={spec.name} pastes the object's Segment-Anything mask, but mask is "
             f"{cfg.mask.get('_target_')}; use mask=sam mask.checkpoint=/path/sam_vit_b_01ec64.pth"
         )
-    for group in ("mask", "inpaint"):
-        node = cfg[group]
-        # `"checkpoint" in node` is False for a `???` value: ask OmegaConf directly
-        if OmegaConf.is_missing(node, "checkpoint") or (
-            "checkpoint" in node and node.checkpoint is None
-        ):
-            raise ValueError(
-                f"{group}.checkpoint is not set; add {group}.checkpoint=/path/to/the/file"
-            )
+    # Unset keys, missing files and files of the wrong kind, named with the file expected.
+    check_checkpoints(cfg)
     # The components check their own settings (checkpoint files included) when built; models
     # load lazily, so building them here is cheap and fails before any image is touched.
     from hydra.errors import InstantiationException
@@ -149,6 +143,7 @@ class WorkerSettings:
     resolution: int
     core_box: str
     with_alpha: bool
+    crop_cap: int | None
     journal: str  # where each finished image's hashes go (hsi.generate.layout)
 
 
@@ -206,6 +201,7 @@ def make_item(maker: AssetMaker, task: AssetTask) -> ItemResult:
             settings.resolution,
             core_box=settings.core_box,
             with_alpha=settings.with_alpha,
+            crop_cap=settings.crop_cap,
         )
     except Exception as e:  # recorded in the manifest, the run goes on
         return failed(f"inpaint: {type(e).__name__}: {e}")
@@ -230,6 +226,13 @@ class BuildSummary:
     workers: dict[int, dict[str, int]] = field(default_factory=dict)  # pid -> counters
     seconds: float = 0.0
     coverage: list[str] = field(default_factory=list)  # box-coverage lines of the report
+    asset_bytes: dict[str, int] = field(default_factory=dict)  # kind -> bytes of the ok images
+
+    @property
+    def bytes_per_image(self) -> float:
+        """Asset bytes per source image of this shard (all kinds), over the images that are ok."""
+        ok = self.done + self.skipped
+        return sum(self.asset_bytes.values()) / ok if ok else 0.0
 
     @property
     def failed(self) -> int:
@@ -250,6 +253,12 @@ class BuildSummary:
             lines.append(
                 f"  {len(self.rebuilt)} images made again: their files differed from the hashes "
                 f"this build recorded, or had none (e.g. {', '.join(self.rebuilt[:5])})"
+            )
+        if self.asset_bytes:
+            kinds = " + ".join(f"{kind} {n / 1024:.1f}" for kind, n in self.asset_bytes.items())
+            lines.append(
+                f"  storage:  {self.bytes_per_image / 1024:.1f} KiB per source image "
+                f"({kinds} KiB in all)"
             )
         lines.append(f"  skipped:  {folder.skipped_path}")
         for key, reason in self.failures[:20]:
@@ -362,6 +371,7 @@ def _build_shard(
         resolution=spec.resolution,
         core_box=spec.core_box,
         with_alpha="alpha" in kinds,
+        crop_cap=spec.crop_cap,
         journal=str(folder.journal_path(shard, num_shards)),
     )
     results = ordered_map(
@@ -382,6 +392,8 @@ def _build_shard(
         else:
             summary.failures.append((result.key, result.reason))
 
+    ok_keys = [key for key, row in rows.items() if row["status"] == "ok"]
+    summary.asset_bytes = asset_bytes(store, ok_keys, kinds)
     folder.write_manifest(shard, num_shards, list(rows.values()))
     folder.journal_path(shard, num_shards).unlink(missing_ok=True)
     reader_skips = list(skipped_table(index).itertuples(index=False, name=None))

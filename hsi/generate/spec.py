@@ -20,7 +20,7 @@ from hsi.groups import default_sizes
 GENERATION_KEYS = ("seed", "source", "mask", "inpaint", "dataset")
 # ... and the keys that change how a build runs, never what it holds: left out of the saved
 # config (also from the source node) and of anything that names the data a job uses.
-RUNTIME_KEYS = ("workers", "progress", "shard", "num_shards")
+RUNTIME_KEYS = ("workers", "progress", "shard", "num_shards", "cache", "cache_dir", "detect_cache")
 ASSET_KINDS = ("bg", "core", "alpha")
 RESIZE_MODES = ("squash", "fit")
 PASTE_MODES = ("rect", "alpha")
@@ -51,6 +51,7 @@ class DatasetSpec:
     resize_mode: str = "squash"
     paste: str = "rect"
     core_box: str = "largest"
+    crop_cap: int | None = None  # shorter side of a stored core crop, px (None: full resolution)
 
     @classmethod
     def from_config(cls, node: Mapping) -> DatasetSpec:
@@ -117,6 +118,7 @@ class DatasetSpec:
             resize_mode=str(node.get("resize_mode", "squash")),
             paste=str(node.get("paste", "rect")),
             core_box=str(node.get("core_box", "largest")),
+            crop_cap=_crop_cap(node.get("crop_cap", "auto"), sizes),
         )
         for key, value, allowed in (
             ("resize_mode", spec.resize_mode, RESIZE_MODES),
@@ -153,6 +155,24 @@ def _coverage(node: Mapping) -> str:
             )
         coverage = "reuse"
     return coverage
+
+
+def _crop_cap(value: object, sizes: tuple[int, ...]) -> int | None:
+    """`dataset.crop_cap`: auto = the largest pasted size, null = no cap, or a size >= it.
+
+    A crop whose shorter side is at least the largest size s keeps every pixel the composition
+    can use: squash resizes each side to s, fit the longer side to s (the shorter one to less).
+    """
+    if value is None:
+        return None
+    if value == "auto":
+        return int(max(sizes))
+    if isinstance(value, bool) or not isinstance(value, int) or value < max(sizes):
+        raise ConfigError(
+            f"dataset.crop_cap={value!r}: give auto (the largest size, {max(sizes)}), null (full "
+            f"resolution) or a whole number >= {max(sizes)}; a smaller cap would lose pixels"
+        )
+    return value
 
 
 def _plain(node: Mapping) -> dict:

@@ -24,6 +24,10 @@ image: a partial copy of ImageNet keeps working), a flat val image whose label c
 folder that cannot be listed, an I/O error: one skip naming the error). Images without any box stay in the index with `boxes=()` (most of train).
 Every box of an image counts as an object of the image's class, as in ImageNet CLS-LOC, so box
 names are used only to label flat val images.
+
+Before the index is returned, the images a recipe may pick are fully decoded (`decode_check`,
+hsi.sources.decode_check), and the whole read is cached while the tree's listing is unchanged
+(`cache`, `cache_dir`, hsi.sources.index_cache).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsi.sources.decode_check import check_mode
 from hsi.sources.images import ImageReadError, read_size
+from hsi.sources.index_cache import default_cache_dir, load_cached
 from hsi.sources.kaggle import read_loc_solution
 from hsi.sources.record import Box, ClassInfo, ImageRecord, Skip, SourceIndex
 from hsi.sources.synsets import SynsetNames, UnknownClassName, read_synsets
@@ -160,6 +166,9 @@ class ImageNetSource:
         synsets: str | os.PathLike | None = None,
         workers: int = 1,
         progress: bool = True,
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        decode_check: str = "boxed",
     ):
         self.root = Path(root).expanduser()
         self.image_dirs = {
@@ -177,6 +186,9 @@ class ImageNetSource:
         )
         self.workers = max(1, int(workers))
         self.progress = progress
+        self.cache = bool(cache)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.decode_check = check_mode(str(decode_check))
 
     # ---- layout -------------------------------------------------------------------------------
 
@@ -446,8 +458,25 @@ class ImageNetSource:
             )
 
     def load(self) -> SourceIndex:
-        """List, read headers and annotations, normalise boxes; records sorted by (split, image_id)."""
+        """The index (see `read`), decode-checked; from the cache while the tree is unchanged."""
         box_sources = self._check_layout()
+        paths = {"root": self.root, "synsets": self.synsets}
+        for split in SPLITS:
+            paths[f"{split}_dir"] = self.image_dirs[split]
+            paths[f"{split}_boxes"] = box_sources[split]
+        return load_cached(
+            lambda: self.read(box_sources),
+            self.root,
+            paths,
+            cache_dir=self.cache_dir if self.cache else None,
+            decode_check=self.decode_check,
+            workers=self.workers,
+            progress=self.progress,
+        )
+
+    def read(self, box_sources: dict[str, Path] | None = None) -> SourceIndex:
+        """List, read headers and annotations, normalise boxes; records sorted by (split, image_id)."""
+        box_sources = box_sources or self._check_layout()
         classes = read_synsets(self.synsets)
         index = SourceIndex(root=self.root, classes=classes, records=[])
         names = SynsetNames(classes)

@@ -445,6 +445,9 @@ class SyntheticSource:
         val_per_class: int = 50,
         workers: int = 1,
         progress: bool = True,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        decode_check: str = "boxed",
         **look: Any,
     ) -> None:
         self.root = Path(root)
@@ -457,6 +460,8 @@ class SyntheticSource:
         )
         self.workers = workers
         self.progress = progress
+        # how the generated tree is read back (hsi.sources.imagenet), not what it holds
+        self.reading = dict(cache=cache, cache_dir=cache_dir, decode_check=decode_check)
 
     def load(self) -> SourceIndex:
         """Generate into `root` if needed, then read it back through the ImageNet reader."""
@@ -469,4 +474,6 @@ class SyntheticSource:
             out_key="source.root",
             **self.generation,
         )
-        return ImageNetSource(root=self.root, workers=self.workers, progress=self.progress).load()
+        return ImageNetSource(
+            root=self.root, workers=self.workers, progress=self.progress, **self.reading
+        ).load()

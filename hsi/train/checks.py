@@ -121,6 +121,11 @@ def check_inputs(cfg: DictConfig) -> None:
     from hsi.models import load_torch_file
 
     check_model(cfg.model)
+    if cfg.data.get("generate") is not None:
+        # the dataset's weights (SAM, LaMa) are needed by prepare_data: named here, before it
+        from hsi.generate.inpaint.weights import check_checkpoints
+
+        check_checkpoints(cfg.data.generate, prefix="data.generate.")
     for key in ("batch_size", "eval_batch_size"):
         value = cfg.data.get(key)
         if value is not None and (
