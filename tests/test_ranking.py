@@ -1,0 +1,214 @@
+"""Paper 004 (hsi.ranking): ranks and subsets on handmade scores, the noise's exact norm and
+support, and the tasks after scoring on a tiny synthetic source with a tiny frozen model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from hydra import compose, initialize_config_dir
+
+from hsi.ranking.noise import box_mask, perturb
+from hsi.ranking.rank import overlaps, rank_within_class, select, subset_ranks, subsets
+from hsi.ranking.score import score_frame
+from hsi.sources import load_source
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+# --------------------------------------------------------------------------- ranks and subsets
+def handmade() -> pd.DataFrame:
+    # class 0: six images, two ties (0.9 and 0.5); class 1: three images (fewer than 2k for k=2)
+    return pd.DataFrame(
+        {
+            "key": ["a/4", "a/2", "a/3", "a/1", "a/6", "a/5", "b/1", "b/3", "b/2"],
+            "label": [0, 0, 0, 0, 0, 0, 1, 1, 1],
+            "score": [0.5, 0.9, 0.1, 0.9, 0.5, 0.3, 0.2, 0.8, 0.2],
+        }
+    )
+
+
+def test_ranks_descend_by_score_with_ties_broken_by_key():
+    ranked = rank_within_class(handmade())
+    a = ranked[ranked["label"] == 0]
+    # highest score first (rank 0 = least spurious); 0.9 tie: a/1 before a/2, 0.5 tie: a/4, a/6
+    assert a["key"].tolist() == ["a/1", "a/2", "a/4", "a/6", "a/5", "a/3"]
+    assert a["rank"].tolist() == list(range(6)) and set(a["class_size"]) == {6}
+    assert ranked[ranked["label"] == 1]["key"].tolist() == ["b/3", "b/1", "b/2"]
+    # the input order does not matter
+    shuffled = rank_within_class(handmade().sample(frac=1.0, random_state=3))
+    pd.testing.assert_frame_equal(shuffled, ranked)
+
+
+def test_subsets_bot_is_highest_score_and_top_lowest():
+    ranked = rank_within_class(handmade())
+    bot, top, mid = (select(ranked, kind, 2) for kind in ("bot", "top", "mid"))
+    assert bot[bot["label"] == 0]["key"].tolist() == ["a/1", "a/2"]  # highest scores
+    assert top[top["label"] == 0]["key"].tolist() == ["a/5", "a/3"]  # lowest scores
+    assert mid[mid["label"] == 0]["rank"].tolist() == [2, 3]  # centred in 6
+    # class 1 has 3 < 2k images: bot and top share the middle one
+    assert bot[bot["label"] == 1]["key"].tolist() == ["b/3", "b/1"]
+    assert top[top["label"] == 1]["key"].tolist() == ["b/1", "b/2"]
+    rnd = select(ranked, "rnd", 2, seed=0)
+    assert rnd.groupby("label").size().tolist() == [2, 2]
+    pd.testing.assert_frame_equal(rnd, select(ranked, "rnd", 2, seed=0))
+    draws = {tuple(subset_ranks("rnd", 3, 50, seed=s)) for s in range(5)}
+    assert len(draws) > 1  # the seed matters
+
+
+def test_overlaps_reported_for_classes_under_2k_and_short_classes():
+    ranked = rank_within_class(handmade())
+    table = overlaps(ranked, ks=[2, 4])
+    # k=2: only class 1 (3 images); k=4: class 0 (6 < 8) and class 1 (3 < 4: short)
+    assert table[["k", "label", "class_size", "short"]].values.tolist() == [
+        [2, 1, 3, False],
+        [4, 0, 6, False],
+        [4, 1, 3, True],
+    ]
+    row = table.iloc[0]
+    # bot {0,1}, top {1,2}, mid {0,1} (centred: start (3 - 2) // 2 = 0)
+    assert (row["bot_top"], row["bot_mid"], row["mid_top"]) == (1, 2, 1)
+    assert table.iloc[1]["bot_top"] == 2  # ranks {0..3} and {2..5}
+    assert table.iloc[2]["bot_top"] == 3  # a short class: every subset is the whole class
+    assert overlaps(ranked, ks=[1]).empty  # every class has >= 2 images
+    everything = subsets(ranked, ["bot", "top"], [4])
+    assert len(everything["bot-4"][everything["bot-4"]["label"] == 1]) == 3
+
+
+def test_rank_rejects_duplicates_and_missing_scores():
+    frame = handmade()
+    with pytest.raises(ValueError, match="twice"):
+        rank_within_class(pd.concat([frame, frame.head(1)]))
+    frame.loc[0, "score"] = np.nan
+    with pytest.raises(ValueError, match="no score"):
+        rank_within_class(frame)
+
+
+# --------------------------------------------------------------------------- noise
+def test_noise_has_norm_alpha_and_stays_in_its_region():
+    x = torch.randn(3, 16, 16)
+    mask = box_mask((4.0, 2.0, 20.0, 12.0), width=32, height=32, resolution=16)
+    assert mask.sum() == 8 * 5 and mask[1:6, 2:10].all()  # rows 1..5, columns 2..9
+    for alpha in (10.0, 100.0, 250.0):
+        fg = perturb(x, mask, alpha, "fg", seed=0, key="val/1")
+        bg = perturb(x, mask, alpha, "bg", seed=0, key="val/1")
+        for noisy, region in ((fg, mask), (bg, ~mask)):
+            delta = (noisy.double() - x.double()).numpy()
+            assert np.array_equal(noisy[:, ~region], x[:, ~region])  # exactly untouched
+            assert np.all(delta[:, region] != 0)
+            assert np.linalg.norm(delta) == pytest.approx(alpha, rel=1e-6)
+    again = perturb(x, mask, 10.0, "fg", seed=0, key="val/1")
+    assert torch.equal(again, perturb(x, mask, 10.0, "fg", seed=0, key="val/1"))
+    assert not torch.equal(again, perturb(x, mask, 10.0, "fg", seed=0, key="val/2"))
+    assert perturb(x, np.zeros_like(mask), 10.0, "fg", 0, "k") is None  # nothing to perturb
+    assert perturb(x, np.ones_like(mask), 10.0, "bg", 0, "k") is None
+
+
+# --------------------------------------------------------------------------- tasks on a tiny source
+@dataclass(frozen=True)
+class FakeDetection:
+    score: float
+    box: tuple | None
+
+
+def area_detections(records) -> dict:
+    """A stand-in detector: score = the ground-truth boxes' share of the image, box = the first."""
+    out = {}
+    for r in records:
+        area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in r.boxes) / (r.width * r.height)
+        out[r.key] = FakeDetection(float(area), r.boxes[0] if r.boxes else None)
+    return out
+
+
+def tiny_source(root: Path, **extra) -> list[str]:
+    keys = {
+        "root": root,
+        "num_classes": 3,
+        "train_per_class": 12,
+        "val_per_class": 4,
+        "size_range": "[32,40]",
+        "progress": "false",
+        **extra,
+    }
+    return [f"source.{k}={v}" for k, v in keys.items()]
+
+
+def rank_cfg(tmp: Path, *extra: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(
+            "rank",
+            [
+                "~detector",
+                *tiny_source(tmp / "source"),
+                "model=resnet10t",
+                f"model.checkpoint={tmp / 'frozen.pt'}",
+                "resolution=32",
+                "batch_size=16",
+                "device=cpu",
+                "progress=false",
+                f"out={tmp / 'out'}",
+                "subsets.ks=[3,8]",
+                "retrain.epochs=50",
+                "retrain.l2=1.0",
+                "noise.alphas=[10,250]",
+                "noise.per_class=2",
+                "grids.images=3",
+                *extra,
+            ],
+        )
+
+
+@pytest.mark.slow
+def test_tasks_after_scoring_on_a_tiny_source(tmp_path):
+    from hsi.cli.rank import run_tasks
+    from hsi.io import atomic_write_csv
+
+    torch.save(timm.create_model("resnet10t", num_classes=3).state_dict(), tmp_path / "frozen.pt")
+    cfg = rank_cfg(
+        tmp_path,
+        "tasks=[subsets,retrain,noise,ood,grids]",
+    )
+    # the OOD set: the same classes, every object on another class's habitat
+    cfg.ood.source = {
+        **cfg.source,
+        "root": str(tmp_path / "shifted"),
+        "habitat_prob": 0.0,
+        "seed": 1,
+    }
+    index = load_source(cfg.source)
+    out = tmp_path / "out"
+    frames = [
+        rank_within_class(score_frame(recs, area_detections(recs)))
+        for recs in (index.split("train", False), index.split("val", False))
+    ]
+    atomic_write_csv(out / "scores.csv", pd.concat(frames))
+    done = run_tasks(cfg)
+
+    names = [f"{kind}-{k}" for k in (3, 8) for kind in ("bot", "mid", "top", "rnd")]
+    assert list(done["subsets"]["subsets"]) == names
+    assert done["subsets"]["subsets"]["bot-3"] == 9
+    assert set(done["subsets"]["overlaps"]["k"]) == {8}  # 12 < 16 images per class
+    table = done["retrain"]["table"]
+    assert table["rank"].tolist() == [0, 1, 2, 3] and set(table["images"]) == {3}
+    for name in names:
+        assert table[name].between(0, 1).all()
+        # the dashed line is the mean over every val image = the mean over ranks here
+        assert done["retrain"]["means"][name] == pytest.approx(table[name].mean())
+    assert (out / "accuracy_vs_rank.png").stat().st_size > 0
+    assert len(list((out / "heads").glob("*.pt"))) == len(names)
+    noise = done["noise"]["table"]
+    assert set(noise["alpha"]) == {0.0, 10.0, 250.0} and (noise["images"] == 6).all()
+    assert noise["acc"].between(0, 1).all()
+    ood = done["ood"]["table"]
+    assert (ood["ood_images"] == 12).all() and (ood["ood_classes"] == 3).all()
+    assert (out / "ranked_grid.png").stat().st_size > 0
+
+    # a rerun loads the saved heads and gives the same numbers
+    again = run_tasks(cfg)
+    pd.testing.assert_frame_equal(again["retrain"]["table"], table)
+    pd.testing.assert_frame_equal(again["noise"]["table"], noise)
