@@ -48,11 +48,10 @@ def run_tasks(cfg: DictConfig, detector=None) -> dict:
     scores_path = Path(str(cfg.scores)) if cfg.scores else out / "scores.csv"
     done: dict = {}
     if "score" in tasks:
+        from hsi.detectors import DEFAULT_TEMPLATE, build_detector
         from hsi.io import atomic_write_csv
 
         if detector is None:
-            from hsi.detectors import build_detector
-
             detector = build_detector(cfg.detector)
         per_class = {k: cfg.images_per_class.get(k) for k in ("train", "val")}
         cache = (
@@ -65,9 +64,9 @@ def run_tasks(cfg: DictConfig, detector=None) -> dict:
             index,
             per_class,
             int(cfg.seed),
-            str(cfg.prompt),
+            str(cfg.detector.get("template") or DEFAULT_TEMPLATE),
             cache,
-            int(cfg.batch_size),
+            int(cfg.detector.get("batch_size") or cfg.batch_size),
             bool(cfg.progress),
         )
         atomic_write_csv(out / "scores.csv", frame)

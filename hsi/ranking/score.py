@@ -75,9 +75,9 @@ def score_source(
     progress: bool = False,
 ) -> pd.DataFrame:
     """scores.csv's frame: the train and val images scored and ranked within (split, class)."""
-    from hsi.detectors import class_prompts, detect_records
+    from hsi.detectors import detect_records, detector_prompts
 
-    prompts = class_prompts(index.classes, template)
+    prompts = detector_prompts(detector, index.classes, template)
     frames = []
     for split in SPLITS:
         records = split_records(index, split, per_class.get(split), seed)
