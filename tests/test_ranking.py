@@ -143,7 +143,6 @@ def rank_cfg(tmp: Path, *extra: str):
         return compose(
             "rank",
             [
-                "~detector",
                 *tiny_source(tmp / "source"),
                 "model=resnet10t",
                 f"model.checkpoint={tmp / 'frozen.pt'}",
@@ -212,3 +211,46 @@ def test_tasks_after_scoring_on_a_tiny_source(tmp_path):
     again = run_tasks(cfg)
     pd.testing.assert_frame_equal(again["retrain"]["table"], table)
     pd.testing.assert_frame_equal(again["noise"]["table"], noise)
+
+
+class BrightnessDetector:
+    """A Detector of the contract: score = the image's mean brightness, box = the whole image."""
+
+    name = "brightness-test"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, images, queries):
+        from hsi.detectors import Detection
+
+        self.calls += len(images)
+        return [
+            Detection(
+                score=float(np.asarray(im).mean() / 255.0), box=(0.0, 0.0, *map(float, im.size))
+            )
+            for im in images
+        ]
+
+
+def test_score_task_with_an_injected_detector_ranks_and_caches(tmp_path):
+    from hsi.cli.rank import run_tasks
+
+    cfg = rank_cfg(tmp_path, "tasks=[score]", "images_per_class.train=5")
+    detector = BrightnessDetector()
+    done = run_tasks(cfg, detector=detector)
+    frame = done["score"]
+    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
+    assert train.groupby("label").size().tolist() == [5, 5, 5]  # the seeded draw per class
+    assert val.groupby("label").size().tolist() == [4, 4, 4]
+    assert detector.calls == 27
+    for _, rows in frame.groupby(["split", "label"]):
+        assert rows["rank"].tolist() == list(range(len(rows)))
+        assert rows["score"].is_monotonic_decreasing  # rank 0 = highest score
+    on_disk = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert on_disk["key"].tolist() == frame["key"].tolist()
+    assert set(done["size_correlation"]["split"]) == {"train", "val"}
+    # a rerun decodes nothing: every detection comes from the cache
+    again = BrightnessDetector()
+    run_tasks(cfg, detector=again)
+    assert again.calls == 0

@@ -75,6 +75,14 @@ def run_tasks(cfg: DictConfig, detector=None) -> dict:
         counts = frame.groupby("split")["key"].size().to_dict()
         print(f"scores ({getattr(detector, 'name', 'detector')}): {counts} images -> {scores_path}")
         print(f"  convention: {CONVENTION}")
+        from hsi.ranking.score import size_correlation
+
+        rho = size_correlation(frame, index)
+        atomic_write_csv(out / "size_correlation.csv", rho)
+        done["size_correlation"] = rho
+        summary = rho.groupby("split")["spearman"].agg(["min", "median", "max"]).round(3)
+        print(f"  Spearman rho of score vs box share per class -> {out / 'size_correlation.csv'}")
+        print(summary.to_string())
     study = Study(cfg=cfg, out=out, index=index, scores=read_scores(scores_path))
     if "subsets" in tasks:
         result = run_subsets(study)

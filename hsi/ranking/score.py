@@ -90,6 +90,46 @@ def score_source(
     return pd.concat(frames).reset_index(drop=True)
 
 
+def box_share(record: ImageRecord) -> float:
+    """The ground-truth boxes' summed area over the image's (NaN without a box): how much of
+    the image the class's objects fill."""
+    if not record.boxes:
+        return float("nan")
+    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in record.boxes)
+    return float(area) / float(record.width * record.height)
+
+
+def size_correlation(frame: pd.DataFrame, index: SourceIndex) -> pd.DataFrame:
+    """Per split and class: Spearman ρ of the detector score and the ground-truth box share.
+
+    A check that the ranking follows the object's visibility (a higher score for a larger
+    object); on the synthetic source the size is drawn per image, on ImageNet the boxed images
+    count. Columns ``split, label, wnid, images, spearman``.
+    """
+    from scipy.stats import spearmanr
+
+    by_key = {r.key: r for r in index.records}
+    shares = frame["key"].map(lambda k: box_share(by_key[k]))
+    rows = []
+    for (split, label), rows_ in frame.assign(share=shares).groupby(["split", "label"], sort=True):
+        boxed = rows_.dropna(subset=["share"])
+        rho = (
+            float(spearmanr(boxed["score"], boxed["share"]).statistic)
+            if len(boxed) > 2
+            else float("nan")
+        )
+        rows.append(
+            {
+                "split": split,
+                "label": int(label),
+                "wnid": rows_["wnid"].iloc[0],
+                "images": len(boxed),
+                "spearman": rho,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def read_scores(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(
