@@ -93,7 +93,7 @@ def test_hsi_rank_every_task_and_rerun(trained):
         "noise.per_class=3",
         f"embeddings.cache={trained / 'emb'}",
         shifted,
-        "ood.name=shifted synthetic source (every object on another class's habitat)",
+        "ood.name='shifted synthetic source (every object on another habitat)'",
     ]
     proc = hsi_rank(
         trained, "tasks=[score,subsets,retrain,noise,ood,grids]", *common, f"hydra.run.dir={out}"
