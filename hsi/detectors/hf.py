@@ -108,7 +108,7 @@ class OpenVocabDetector:
         self.name = f"{kind}|{self.folder.resolve()}|{folder_identity(self.folder)}"
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
+        return len(self.tokenizer(text, verbose=False)["input_ids"])
 
     def text(self, prompt: str) -> str:
         # Grounding DINO's queries are lower case and end with a full stop (its training format)

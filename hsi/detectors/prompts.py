@@ -12,7 +12,8 @@ in this order, by:
 3. the name itself for the first class of the group (sorted by wnid) that is still left, and
    "<name> <wnid>" for the others -- unique, if not descriptive.
 
-Prompts longer than the text model's limit are cut word by word from the end until they fit.
+A prompt longer than the text model's limit becomes the bare name, then loses the name's
+leading words until it fits (`fit_prompt`).
 """
 
 from __future__ import annotations
@@ -64,15 +65,23 @@ def unique_names(classes: Sequence[ClassInfo]) -> dict[int, str]:
 
 
 def fit_prompt(
-    prompt: str, count_tokens: Callable[[str], int] | None, max_tokens: int | None
+    template: str, name: str, count_tokens: Callable[[str], int] | None, max_tokens: int | None
 ) -> str:
-    """`prompt` cut word by word from the end until `count_tokens` says it fits `max_tokens`."""
+    """`template` filled with `name`, made to fit `max_tokens` as `count_tokens` counts.
+
+    Too long: the bare name; still too long: its leading words dropped one by one (an English
+    noun phrase ends in its head: "great white shark" -> "white shark" -> "shark"). A single
+    word that is still too long is kept; the detector's tokenizer truncates it.
+    """
+    prompt = template.format(name)
     if max_tokens is None:
         return prompt
     count = count_tokens or (lambda text: len(text.split()))
-    words = prompt.split()
+    if count(prompt) <= max_tokens:
+        return prompt
+    words = name.split()
     while len(words) > 1 and count(" ".join(words)) > max_tokens:
-        words.pop()
+        words.pop(0)
     return " ".join(words)
 
 
@@ -93,7 +102,7 @@ def class_prompts(
         )
     names = unique_names(classes)
     prompts = {
-        i: fit_prompt(template.format(n), count_tokens, max_tokens) for i, n in names.items()
+        i: fit_prompt(template, n, count_tokens, max_tokens) for i, n in sorted(names.items())
     }
     seen: dict[str, int] = {}
     for i, p in sorted(prompts.items()):
