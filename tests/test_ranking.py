@@ -254,3 +254,29 @@ def test_score_task_with_an_injected_detector_ranks_and_caches(tmp_path):
     again = BrightnessDetector()
     run_tasks(cfg, detector=again)
     assert again.calls == 0
+
+
+def test_demo_args_compose_and_report_reads_a_handmade_table(tmp_path):
+    from hsi.ranking.demo import binned, rank_demo_args, rank_demo_report
+
+    args = rank_demo_args(tmp_path / "rank", tmp_path / "synthetic", tmp_path / "runs" / "source")
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("rank", [a for a in args if not a.startswith("hydra.")])
+    assert cfg.detector.kind == "cam" and cfg.source.root == str(tmp_path / "synthetic")
+    assert cfg.model.checkpoint == cfg.detector.checkpoint == str(tmp_path / "runs" / "source")
+    assert cfg.images_per_class.train == 100 and list(cfg.subsets.ks) == [10, 25]
+
+    # 4 val ranks of 10 classes; bot-10 falls on the most spurious ranks, top-10 stays level
+    table = pd.DataFrame(
+        {"rank": [0, 1, 2, 3], "images": [10, 10, 10, 10], "bot-10": [1.0, 1.0, 0.6, 0.4]}
+    )
+    table["top-10"] = [0.9, 0.9, 0.8, 0.8]
+    assert binned(table, 2).round(3).to_dict("list") == {"bot-10": [1.0, 0.5], "top-10": [0.9, 0.8]}
+    folder = tmp_path / "rank"
+    folder.mkdir()
+    table.to_csv(folder / "accuracy_vs_rank.csv", index=False)
+    report = rank_demo_report(folder)
+    assert "least spurious val half bot 100.0% / top 90.0%" in report
+    assert "most spurious half bot 50.0% / top 80.0%" in report
+    # the paper: top-k better on low-ranked images (not here), bot-k steadier (not here either)
+    assert report.count("not reproduced here") == 2

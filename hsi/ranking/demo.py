@@ -77,21 +77,38 @@ def rank_demo_report(folder: Path) -> str:
         "Accuracy (%) of each retrained head by val spuriousness rank (cf. paper 004, Figs. 3, 6):"
     )
     lines.append(shown.T.to_string())
-    half = table["rank"] < (table["rank"].max() + 1) / 2
+    first = table["rank"] < (table["rank"].max() + 1) / 2
+    bins = binned(table)
     for k in sorted({int(c.split("-")[1]) for c in table.columns if "-" in c}):
         bot, top = f"bot-{k}", f"top-{k}"
         if bot not in table or top not in table:
             continue
-        low = {
-            h: float(np.average(table.loc[half, h], weights=table.loc[half, "images"]))
+        acc = {
+            (h, part): float(np.average(table.loc[rows, h], weights=table.loc[rows, "images"]))
             for h in (bot, top)
+            for part, rows in (("least", first), ("most", ~first))
         }
-        spread = {h: float(binned(table)[h].max() - binned(table)[h].min()) for h in (bot, top)}
+        spread = {h: float(bins[h].max() - bins[h].min()) for h in (bot, top)}
         lines.append(
-            f"k={k}: low-ranked val half (highest scores) bot {100 * low[bot]:.1f}% vs top "
-            f"{100 * low[top]:.1f}% (the paper: top-k higher there -> "
-            f"{'as reported' if low[top] > low[bot] else 'not reproduced'}); spread over rank bins "
-            f"bot {100 * spread[bot]:.1f} vs top {100 * spread[top]:.1f} points (the paper: bot-k "
-            f"steadier -> {'as reported' if spread[bot] < spread[top] else 'not reproduced'})"
+            f"k={k}: least spurious val half bot {100 * acc[bot, 'least']:.1f}% / top "
+            f"{100 * acc[top, 'least']:.1f}%; most spurious half bot {100 * acc[bot, 'most']:.1f}% / "
+            f"top {100 * acc[top, 'most']:.1f}%; spread over rank bins bot {100 * spread[bot]:.1f} / "
+            f"top {100 * spread[top]:.1f} points"
         )
+        lines.append(
+            f"  the paper (§3.1): top-k better on low-ranked images -> {_compare(acc[top, 'least'], acc[bot, 'least'])}; "
+            f"bot-k steadier across ranks -> {_compare(spread[top], spread[bot])}"
+        )
+        if min(acc[bot, "least"], acc[top, "least"]) > 0.99:
+            lines.append(
+                "  (here every head solves the least spurious half: on the synthetic source the object "
+                "fills 30-70% of each image, so the heads differ only where the habitat misleads)"
+            )
     return "\n".join(lines)
+
+
+def _compare(paper_higher: float, other: float) -> str:
+    """'as reported' when the paper's larger quantity is larger here too."""
+    if abs(paper_higher - other) < 1e-9:
+        return "equal here"
+    return "as reported" if paper_higher > other else "not reproduced here"
