@@ -148,3 +148,46 @@ def test_hsi_rank_bad_input_says_what_to_fix(trained):
     )
     assert proc.returncode != 0
     assert "scores=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hsi_test_groups_as_the_ood_set(trained):
+    """On a fresh machine the HSI test groups stand in for ImageNet-A (named so in ood.csv)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    built = trained / "hsi_data"
+    subprocess.run(
+        [
+            str(BIN / "hsi-generate"),
+            f"out={built}",
+            *source_keys("source", trained / "source"),
+            "dataset.resolution=32",
+            "dataset.counts.train.easy=2",
+            "dataset.counts.train.medium=1",
+            "dataset.counts.train.hard=1",
+            "dataset.counts.val=1",
+            "dataset.counts.test=2",
+            "progress=false",
+        ],
+        cwd=trained,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    out = trained / "ood_hsi"
+    proc = hsi_rank(
+        trained,
+        "tasks=[score,ood]",
+        "subsets.ks=[5]",
+        "retrain.epochs=50",
+        "retrain.l2=1.0",
+        f"ood.hsi={built}",
+        f"hydra.run.dir={out}",
+    )
+    assert "HSI test groups" in proc.stdout
+    ood = pd.read_csv(out / "ood.csv")
+    groups = pd.read_csv(out / "ood_groups.csv")
+    assert (ood["ood_images"] == 3 * 12 * 2).all()  # 3 classes x 12 groups x 2 images
+    for row in ood.itertuples():
+        mine = groups[groups["head"] == row.head]
+        assert len(mine) == 12  # every group holds as many images: overall = mean of groups
+        assert row.ood_acc == pytest.approx(mine["acc"].mean())
+        assert row.ood_worst_group_acc == pytest.approx(mine["acc"].min())
