@@ -280,3 +280,36 @@ def test_demo_args_compose_and_report_reads_a_handmade_table(tmp_path):
     assert "most spurious half bot 50.0% / top 80.0%" in report
     # the paper: top-k better on low-ranked images (not here), bot-k steadier (not here either)
     assert report.count("not reproduced here") == 2
+
+
+def test_imagenet_a_folder_is_read_in_the_source_label_space_and_heads_restricted(tmp_path):
+    from PIL import Image
+
+    from hsi.ranking.heads import Head
+    from hsi.ranking.study import folder_records
+    from hsi.sources.record import ClassInfo, SourceIndex
+
+    classes = [ClassInfo(i, f"n0000000{i}", f"c{i}") for i in range(4)]
+    index = SourceIndex(tmp_path / "src", classes, [])
+    root = tmp_path / "imagenet-a"
+    for wnid, n in (("n00000001", 2), ("n00000003", 1)):
+        (root / wnid).mkdir(parents=True)
+        for j in range(n):
+            Image.new("RGB", (20, 10)).save(root / wnid / f"{wnid}_{j}.jpg")
+    records = folder_records(root, index)
+    assert [(r.wnid, r.label, r.width, r.height) for r in records] == [
+        ("n00000001", 1, 20, 10),
+        ("n00000001", 1, 20, 10),
+        ("n00000003", 3, 20, 10),
+    ]
+    (root / "n99999999").mkdir()
+    with pytest.raises(ValueError, match="not classes of the source"):
+        folder_records(root, index)
+
+    # a 4-way head: class 0 wins overall, but only classes 1 and 3 compete on this OOD set
+    head = Head(
+        weight=np.eye(4), bias=np.array([10.0, 0.0, 0.0, 0.0]), mean=np.zeros(4), scale=np.ones(4)
+    )
+    X = np.array([[0.0, 2.0, 0.0, 1.0], [0.0, 1.0, 0.0, 2.0]])
+    assert head.predict(X).tolist() == [0, 0]
+    assert head.predict(X, [1, 3]).tolist() == [1, 3]
