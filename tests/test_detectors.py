@@ -227,6 +227,9 @@ def test_a_missing_folder_names_the_key_and_the_folder(tmp_path, kind):
         build_detector({"kind": kind, "path": str(tmp_path / "empty")})
     with pytest.raises(ValueError, match=r"detector\.path is not set.*huggingface-cli download"):
         build_detector({"kind": kind, "path": "???"})
+    (tmp_path / "empty" / "config.json").write_text("{}")  # no weights, no processor
+    with pytest.raises(ValueError, match=rf"detector\.path=.*empty: cannot load a {kind} model"):
+        build_detector({"kind": kind, "path": str(tmp_path / "empty")})
 
 
 def test_an_unknown_kind_is_refused():
@@ -327,7 +330,8 @@ def test_the_cam_detector_scores_with_the_classifier_and_boxes_its_cam(tmp_path,
         [float(probs[0, 2]), float(probs[1, 0])], abs=1e-5
     )
     # the box is the one around the query class's Grad-CAM, scaled from 64 px to the image
-    maps, _ = gradcam.cam_maps(net, x, [2, 0])
+    assert detector.target_layer == "layer2"  # 8 x 8 at 64 px (layer4 would be 2 x 2)
+    maps, _ = gradcam.cam_maps(net, x, [2, 0], "layer2")
     for d, cam, (w, h) in zip(found, maps, sizes, strict=True):
         expected = cam_box(cam, 0.2)
         if expected is None:
@@ -344,6 +348,22 @@ def test_the_cam_detector_scores_with_the_classifier_and_boxes_its_cam(tmp_path,
     assert found[1].box == pytest.approx((5.0, 20.0, 15.0, 40.0))  # x 40/32, y 80/32
     with pytest.raises(ValueError, match=r"outside its 3-way head"):
         detector.detect(images[:1], [Query(7, "z")])
+
+
+def test_the_cam_layer_is_the_deepest_with_a_map_of_seven_pixels_or_more():
+    import timm
+
+    from hsi.detectors.cam import auto_target_layer
+
+    resnet = timm.create_model("resnet10t", num_classes=2).eval()
+    # ResNet strides: layer1 /4, layer2 /8, layer3 /16, layer4 /32
+    assert [auto_target_layer(resnet, r) for r in (32, 64, 112, 224)] == [
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
+    assert auto_target_layer(resnet, 16) == "layer1"  # nothing is 7 px: the finest stage
 
 
 def test_the_cam_detector_names_a_missing_checkpoint(tmp_path):

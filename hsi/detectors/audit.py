@@ -123,7 +123,9 @@ def plot_audit(audit: BoxAudit, path: str | Path, bins: int = 20) -> Path:
         ax.axvline(audit.miou, color="black", ls=":", label=f"mIoU {audit.miou:.3f}")
     ax.set_xlabel("per-class mIoU (detector vs ground-truth boxes)")
     ax.set_ylabel("classes")
-    ax.set_title(f"box audit: {len(audit.below)} of {len(audit.classes)} classes below", fontsize=9)
+    name = f" ({audit.detector})" if audit.detector else ""
+    title = f"box audit{name}: {len(audit.below)} of {len(audit.classes)} classes below"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -4,7 +4,8 @@ classifier trained here (e.g. the source-pretrained model of `hsi-train experime
 The standard weakly-supervised localisation recipe (CAM, Zhou et al. 2016; as evaluated by Choe
 et al. 2020): the class-activation map of the query's class (pytorch-grad-cam, through
 hsi.analysis.gradcam), kept where it reaches `threshold` x its maximum, and the box around the
-largest connected region of that mask, rescaled from the classifier's input to the source image.
+largest connected region of that mask, rescaled from the classifier's input to the source image. The map comes from the classifier's
+last stage whose map keeps CAM's granularity at its input size (`auto_target_layer`).
 The score is the classifier's softmax probability of the query's class: like a detector's
 class-query confidence, high when the class is plainly visible.
 """
@@ -22,6 +23,7 @@ from hsi.detectors.base import Detection, Query, clip_box
 from hsi.detectors.hf import pick_device
 
 KIND = "cam"
+MIN_CAM_SIDE = 7  # CAM's map side in its recipe (a ResNet's last stage at 224 px)
 
 
 def cam_box(cam: np.ndarray, threshold: float) -> tuple[int, int, int, int] | None:
@@ -36,6 +38,40 @@ def cam_box(cam: np.ndarray, threshold: float) -> tuple[int, int, int, int] | No
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     x, y, w, h = (int(v) for v in stats[largest, :4])
     return x, y, x + w, y + h
+
+
+def auto_target_layer(
+    net: torch.nn.Module, resolution: int, min_side: int = MIN_CAM_SIDE
+) -> str | None:
+    """The deepest stage whose map is at least `min_side` pixels a side at `resolution`.
+
+    CAM's recipe takes the last convolutional stage: 7 x 7 for a ResNet at 224 px. At the small
+    resolutions a model is trained at here (64 px: a 2 x 2 `layer4`), that map is too coarse to
+    box anything, so the deepest stage that still keeps about the recipe's granularity is taken
+    (64 px ResNet: `layer2`, 8 x 8). None: the architecture's default (hsi.analysis.gradcam).
+    """
+    if all(hasattr(net, f"layer{i}") for i in range(1, 5)):
+        names = [f"layer{i}" for i in (4, 3, 2, 1)]
+    elif hasattr(net, "stages") and not hasattr(net, "blocks"):
+        names = [f"stages.{i}" for i in reversed(range(len(net.stages)))]
+    else:
+        return None
+    from hsi.analysis.gradcam import module_at
+
+    sides: dict[str, int] = {}
+    hooks = [
+        module_at(net, n).register_forward_hook(
+            lambda _m, _i, out, n=n: sides.__setitem__(n, int(min(out.shape[-2:])))
+        )
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, resolution, resolution, device=next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return next((n for n in names if sides.get(n, 0) >= min_side), names[-1])
 
 
 def _run_config(checkpoint: Path) -> dict:
@@ -108,9 +144,10 @@ class CamBoxDetector:
         self.resolution = int(resolution or data.get("resolution") or input_cfg["input_size"][-1])
         self.mean = tuple(data.get("mean") or input_cfg["mean"])
         self.std = tuple(data.get("std") or input_cfg["std"])
-        self.threshold, self.method, self.target_layer = float(threshold), str(method), target_layer
+        self.threshold, self.method = float(threshold), str(method)
         self.device = pick_device(str(device))
         self.net = net.to(self.device).eval()
+        self.target_layer = target_layer or auto_target_layer(self.net, self.resolution)
         st = path.stat()
         self.name = (
             f"cam_box|{path.resolve()}|{st.st_size}-{st.st_mtime_ns}|{node['name']}|"

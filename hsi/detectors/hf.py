@@ -92,7 +92,7 @@ class OpenVocabDetector:
         try:
             self.model = model_cls.from_pretrained(self.folder, local_files_only=True)
             self.processor = processor_cls.from_pretrained(self.folder, local_files_only=True)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(
                 f"{key}={path}: cannot load a {kind} model and processor from {self.folder.resolve()} "
                 f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]})"
@@ -124,7 +124,12 @@ class OpenVocabDetector:
         texts = [self.text(q.prompt) for q in queries]
         if self.kind == "grounding_dino":
             inputs = self.processor(
-                images=images, text=texts, return_tensors="pt", padding=True, truncation=True
+                images=images,
+                text=texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,  # its max_text_len (256)
             )
         else:
             inputs = self.processor(
