@@ -842,8 +842,20 @@ def test_runtime_keys_do_not_change_the_saved_config(tmp_path):
     assert "workers" not in generation_config(base) and "progress" not in generation_config(base)
     plain = without_runtime_keys({"out": "o", "shard": 1, "source": {"root": "r", "workers": 4}})
     assert plain == {"out": "o", "source": {"root": "r"}}
-    assert set(RUNTIME_KEYS) == {"workers", "progress", "shard", "num_shards", "cache", "cache_dir"}
+    assert set(RUNTIME_KEYS) == {
+        "workers",
+        "progress",
+        "shard",
+        "num_shards",
+        "cache",
+        "cache_dir",
+        "detect_cache",
+    }
     cached = make_cfg(
-        tmp_path / "out", tmp_path / "src", "source.cache=false", "source.cache_dir=/x"
+        tmp_path / "out",
+        tmp_path / "src",
+        "source.cache=false",
+        "source.cache_dir=/x",
+        "detect_cache=/y",
     )
     assert generation_config(cached) == generation_config(base)

@@ -176,6 +176,23 @@ def test_demo_study_summary_prints_the_tables_and_findings(tmp_path):
     for name, results in paper_like().items():
         write_results(tmp_path / "runs" / folders[name], {"status": "complete", **results})
     write_results(tmp_path / "runs" / "source", {"status": "complete", "test": {"acc": 0.9}})
+    # the analysis, detect and rank stages' files, as their commands write them
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "background_accuracy.csv").write_text(
+        "wnid,name,label,images,correct,accuracy,mean_true_prob,chance\n"
+        "n1,striped star,0,20,19,0.95,0.9,0.5\nn2,striped ring,1,20,6,0.30,0.2,0.5\n"
+    )
+    (tmp_path / "detect").mkdir()
+    (tmp_path / "detect" / "audit_images.csv").write_text(
+        "key,iou,no_box\na,0.5,False\nb,1.0,False\n"
+    )
+    (tmp_path / "detect" / "audit_classes.csv").write_text(
+        "wnid,images,miou,below\nn1,1,0.5,True\nn2,1,1.0,False\n"
+    )
+    (tmp_path / "rank").mkdir()
+    (tmp_path / "rank" / "accuracy_vs_rank.csv").write_text(
+        "rank,images,bot-10,top-10\n0,10,1.0,1.0\n1,10,0.6,0.8\n"
+    )
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("study", ["study=demo", f"out={tmp_path}"])
     OmegaConf.resolve(cfg)
@@ -184,3 +201,6 @@ def test_demo_study_summary_prints_the_tables_and_findings(tmp_path):
     assert "ERM_all: test accuracy (%) of the 12 groups" in text
     assert "(9 of 9 hold)" in text and "source val): 90.00%" in text
     assert f"{tmp_path}/hsi64" in text  # where the outputs are
+    assert "1 of 2 classes above chance" in text and "striped ring" in text
+    assert "box audit (cam): mIoU 0.7500 over 2 classes" in text and "below 0.8: n1" in text
+    assert "Accuracy (%) of each retrained head by val spuriousness rank" in text

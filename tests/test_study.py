@@ -157,6 +157,8 @@ CONFIG_OF = {
     "hsi-benchmark": "benchmark",
     "hsi-analyze": "analyze",
     "hsi-report": "report",
+    "hsi-detect": "detect",
+    "hsi-rank": "rank",
 }
 
 
@@ -195,8 +197,8 @@ def test_demo_study_is_the_demo_chain(tmp_path):
         "background",
         "gradcam",
         "benchmark",
-        "rank",
         "detect",
+        "rank",
         "report",
     ]
     lines = {name: cmds[0] for name, cmds in commands(cfg).items()}
@@ -213,7 +215,16 @@ def test_demo_study_is_the_demo_chain(tmp_path):
     assert lines["validate"] == ["hsi-generate", "validate", f"out={out}/hsi64"]
     assert lines["report"][-4:-2] == [f"out={out}/report", "print=[table5,table3]"]
     assert f"samples.dataset={out}/hsi64" in lines["report"]
-    assert {s.name for s in stages if s.placeholder} == {"rank", "detect"}
+    assert not [s.name for s in stages if s.placeholder]
+    assert lines["detect"][:3] == [
+        "hsi-detect",
+        "detector=cam",
+        f"detector.checkpoint={out}/runs/source",
+    ]
+    assert lines["rank"][:2] == ["hsi-rank", "experiment=demo_rank"]
+    # the rank stage reads the detect stage's val detections from the shared cache
+    assert f"cache={out}/cache/detections" in lines["detect"]
+    assert f"detections_cache={out}/cache/detections" in lines["rank"]
     summary = cfg.study.summary[0]
     assert summary._target_ == "hsi.study.summaries.table3"
     assert set(summary.runs) == {"Pretrained", "ERM", "ERM_all", "JTT", "DFR"}

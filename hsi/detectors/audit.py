@@ -141,3 +141,11 @@ def write_audit(audit: BoxAudit, out: str | Path) -> dict[str, Path]:
         "classes": atomic_write_csv(out / CLASSES_FILE, audit.classes),
         "figure": plot_audit(audit, out / FIGURE_FILE),
     }
+
+
+def read_audit(out: str | Path, threshold: float = 0.8, detector: str = "") -> BoxAudit:
+    """The audit that `write_audit` wrote to `out` (its summary line, without rerunning it)."""
+    out = Path(out)
+    images = pd.read_csv(out / IMAGES_FILE)
+    classes = pd.read_csv(out / CLASSES_FILE)
+    return BoxAudit(images, classes, threshold, detector)

@@ -31,6 +31,28 @@ def table3(runs: Mapping[str, str], source: str | None = None) -> str:
     return "\n".join(parts)
 
 
+def box_audit(folder: str, detector: str = "", threshold: float = 0.8) -> str:
+    """The one-line box audit (paper 000, App. D) of an `hsi-detect tasks=[audit]` run folder."""
+    from hsi.detectors.audit import read_audit
+
+    return "\n" + read_audit(folder, threshold, detector).summary()
+
+
+def background(csv: str) -> str:
+    """Background-only accuracy per class (paper 000, §3.3) from `background_accuracy.csv`, and
+    how many classes are above chance."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    above = int((frame["accuracy"] > frame["chance"]).sum())
+    lines = [
+        f"\nBackground-only accuracy of the source model (objects inpainted away; chance "
+        f"{frame['chance'].iloc[0]:.2f}): {above} of {len(frame)} classes above chance"
+    ]
+    lines += [f"  {row.wnid} {row.name:<24} {row.accuracy:.2f}" for row in frame.itertuples()]
+    return "\n".join(lines)
+
+
 def outputs(**folders: str) -> str:
     """Where a study wrote what: one line per named folder."""
     width = max(map(len, folders), default=0)
