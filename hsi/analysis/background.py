@@ -140,6 +140,7 @@ def ensure_backgrounds(
             out=str(cache),
             resolution=spec.resolution,
             core_box=spec.core_box,
+            crop_cap=spec.crop_cap,
             with_alpha=False,
             journal=str(Path(cache) / ".journal-backgrounds"),
         )
