@@ -197,6 +197,8 @@ def test_demo_study_is_the_demo_chain(tmp_path):
         "background",
         "gradcam",
         "benchmark",
+        "zoo_convnext",
+        "benchmark_convnext",
         "detect",
         "rank",
         "report",
@@ -222,6 +224,9 @@ def test_demo_study_is_the_demo_chain(tmp_path):
         f"detector.checkpoint={out}/runs/source",
     ]
     assert lines["rank"][:2] == ["hsi-rank", "experiment=demo_rank"]
+    # two architectures in the benchmark table (Table 5 layout)
+    assert f"model.checkpoint={out}/runs/zoo_convnext" in lines["benchmark_convnext"]
+    assert {f"{out}/benchmark/resnet18", f"{out}/benchmark/convnext_atto"} <= set(lines["report"])
     # the rank stage reads the detect stage's val detections from the shared cache
     assert f"cache={out}/cache/detections" in lines["detect"]
     assert f"detections_cache={out}/cache/detections" in lines["rank"]
