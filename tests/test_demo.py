@@ -161,6 +161,10 @@ def test_demo_reproduces_the_papers_findings(tmp_path):
     for name in ("index.html", "figures/fig5_samples.png", "figures/fig10_backgrounds.png"):
         assert (report / name).is_file(), name
     assert (report / "figures" / "extra" / "gradcam_gradcam_grid.png").is_file()
+    # the zoo's second architecture, the box audit and paper 004's ranking ran and are printed
+    assert (tmp_path / "benchmark" / "convnext_atto" / "results.json").is_file()
+    assert "box audit (cam): mIoU" in done.stdout
+    assert "Accuracy (%) of each retrained head by val spuriousness rank" in done.stdout
 
 
 def test_demo_study_summary_prints_the_tables_and_findings(tmp_path):

@@ -223,7 +223,7 @@ def test_demo_study_is_the_demo_chain(tmp_path):
         "detector=cam",
         f"detector.checkpoint={out}/runs/source",
     ]
-    assert lines["rank"][:2] == ["hsi-rank", "experiment=demo_rank"]
+    assert lines["rank"][:2] == ["hsi-rank", "experiment=rank_demo"]
     # two architectures in the benchmark table (Table 5 layout)
     assert f"model.checkpoint={out}/runs/zoo_convnext" in lines["benchmark_convnext"]
     assert {f"{out}/benchmark/resnet18", f"{out}/benchmark/convnext_atto"} <= set(lines["report"])

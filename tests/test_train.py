@@ -89,6 +89,8 @@ def compose_filled(overrides: list[str], hydra_node: bool = False):
     return compose_train([*overrides, "out=/tmp/run", *fill_missing(first)], hydra_node)
 
 
+# experiments of the other apps, composed by their own tests (test_benchmark.py, test_ranking*.py)
+OTHER_APPS = ("benchmark_", "rank_")
 GROUP_OPTIONS = [
     *[f"data={o}" for o in options("data")],
     *[f"model={o}" for o in options("model")],
@@ -97,7 +99,7 @@ GROUP_OPTIONS = [
     *[f"callbacks={o}" for o in options("callbacks")],
     *[f"trainer={o}" for o in options("trainer")],
     *[f"logger={o}" for o in options("logger")],
-    *[f"experiment={o}" for o in options("experiment")],
+    *[f"experiment={o}" for o in options("experiment") if not o.startswith(OTHER_APPS)],
     *[f"source@data.generate.source={o}" for o in options("source")],
     *[f"mask@data.generate.mask={o}" for o in options("mask")],
     *[f"inpaint@data.generate.inpaint={o}" for o in options("inpaint")],
@@ -242,8 +244,8 @@ def test_help_lists_the_groups_chosen_on_hsi_train_with_their_options():
     for group, options_text in listed.items():
         shown = [o.strip() for o in options_text.split("(")[0].split(",")]
         expected = options(group)
-        if group == "experiment":  # benchmark_* are hsi-benchmark's experiments
-            expected = [o for o in expected if not o.startswith("benchmark_")]
+        if group == "experiment":  # benchmark_* and rank_* are hsi-benchmark's and hsi-rank's
+            expected = [o for o in expected if not o.startswith(OTHER_APPS)]
         assert shown == expected, group  # the listing follows conf/
 
 

@@ -5,7 +5,7 @@ retrained on its subsets, and the accuracy-vs-rank table the demo prints.
     run("hsi-rank", *args)                       # hsi.demo.run: the command, echoed
     print(rank_demo_report(out / "rank"))
 
-Settings: conf/experiment/demo_rank.yaml (100 train / 20 val images per class, k = 10 and 25).
+Settings: conf/experiment/rank_demo.yaml (100 train / 20 val images per class, k = 10 and 25).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ BINS = 4  # the val ranks shown as this many equal bins (rank 0 = highest detect
 
 
 def rank_demo_args(folder: Path, source: Path, source_model: Path) -> list[str]:
-    """hsi-rank's arguments: the demo_rank experiment on the demo's source and source model,
+    """hsi-rank's arguments: the rank_demo experiment on the demo's source and source model,
     written into ``folder`` (a rerun reuses its detections, embeddings and heads)."""
     return [
-        "experiment=demo_rank",
+        "experiment=rank_demo",
         f"source.root={source}",
         f"detector.checkpoint={source_model}",
         f"model.checkpoint={source_model}",
