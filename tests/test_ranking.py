@@ -313,3 +313,28 @@ def test_imagenet_a_folder_is_read_in_the_source_label_space_and_heads_restricte
     X = np.array([[0.0, 2.0, 0.0, 1.0], [0.0, 1.0, 0.0, 2.0]])
     assert head.predict(X).tolist() == [0, 0]
     assert head.predict(X, [1, 3]).tolist() == [1, 3]
+
+
+def test_size_correlation_uses_the_true_boxes_of_unannotated_images():
+    from hsi.ranking.score import size_correlation
+    from hsi.sources.record import ClassInfo, ImageRecord, SourceIndex
+
+    def record(n: int, boxed: bool) -> ImageRecord:
+        box = (0.0, 0.0, float(n), 10.0)  # object area grows with n
+        return ImageRecord(f"i{n}", "train", "n1", 0, f"i{n}.JPEG", 10, 10, (box,) if boxed else ())
+
+    records = [record(n, boxed=n % 2 == 0) for n in range(1, 9)]
+    index = SourceIndex(Path("."), [ClassInfo(0, "n1", "a")], records)
+    # a score that falls with size on the boxed images and rises on the others
+    scores = [-n if n % 2 == 0 else 100 + n for n in range(1, 9)]
+    frame = pd.DataFrame(
+        {"key": [r.key for r in records], "split": "train", "label": 0, "wnid": "n1"}
+    ).assign(score=scores)
+    boxed_only = size_correlation(frame, index)
+    assert boxed_only["images"].tolist() == [4] and boxed_only["spearman"].iloc[0] == -1.0
+    hidden = {r.key: ((0.0, 0.0, float(n), 10.0),) for n, r in enumerate(records, 1) if n % 2}
+    every = size_correlation(frame, index, hidden)
+    assert every["images"].tolist() == [8]
+    assert every["spearman"].iloc[0] == pytest.approx(
+        pd.Series(scores).corr(pd.Series(range(1, 9)), method="spearman")
+    )

@@ -76,8 +76,10 @@ def run_tasks(cfg: DictConfig, detector=None) -> dict:
         print(f"scores ({getattr(detector, 'name', 'detector')}): {counts} images -> {scores_path}")
         print(f"  convention: {CONVENTION}")
         from hsi.ranking.score import size_correlation
+        from hsi.sources.synthetic import read_hidden_boxes
 
-        rho = size_correlation(frame, index)
+        # the synthetic source's true boxes of its unannotated train images (empty elsewhere)
+        rho = size_correlation(frame, index, read_hidden_boxes(index.root))
         atomic_write_csv(out / "size_correlation.csv", rho)
         done["size_correlation"] = rho
         summary = rho.groupby("split")["spearman"].agg(["min", "median", "max"]).round(3)

@@ -9,7 +9,7 @@ holds one row per image of the train and val splits with its rank (:mod:`hsi.ran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,26 +90,32 @@ def score_source(
     return pd.concat(frames).reset_index(drop=True)
 
 
-def box_share(record: ImageRecord) -> float:
+def box_share(record: ImageRecord, boxes: Sequence | None = None) -> float:
     """The ground-truth boxes' summed area over the image's (NaN without a box): how much of
-    the image the class's objects fill."""
-    if not record.boxes:
+    the image the class's objects fill. `boxes` replaces the record's own when given."""
+    boxes = record.boxes if boxes is None else boxes
+    if not boxes:
         return float("nan")
-    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in record.boxes)
+    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes)
     return float(area) / float(record.width * record.height)
 
 
-def size_correlation(frame: pd.DataFrame, index: SourceIndex) -> pd.DataFrame:
+def size_correlation(
+    frame: pd.DataFrame, index: SourceIndex, hidden: Mapping[str, Sequence] | None = None
+) -> pd.DataFrame:
     """Per split and class: Spearman ρ of the detector score and the ground-truth box share.
 
     A check that the ranking follows the object's visibility (a higher score for a larger
-    object); on the synthetic source the size is drawn per image, on ImageNet the boxed images
-    count. Columns ``split, label, wnid, images, spearman``.
+    object). On ImageNet the boxed images count; the synthetic source also knows the true boxes
+    of the train images it wrote without a box file (`hidden`, from
+    hsi.sources.synthetic.read_hidden_boxes), so there every image counts.
+    Columns ``split, label, wnid, images, spearman``.
     """
     from scipy.stats import spearmanr
 
     by_key = {r.key: r for r in index.records}
-    shares = frame["key"].map(lambda k: box_share(by_key[k]))
+    hidden = hidden or {}
+    shares = frame["key"].map(lambda k: box_share(by_key[k], hidden.get(k)))
     rows = []
     for (split, label), rows_ in frame.assign(share=shares).groupby(["split", "label"], sort=True):
         boxed = rows_.dropna(subset=["share"])
