@@ -348,7 +348,14 @@ def test_failed_assets_are_dropped_and_counted_or_raise(built, tmp_path):
     data = jpeg.read_bytes()
     jpeg.write_bytes(data[: len(data) // 2])  # the header reads, the body does not decode
 
-    changed = compose_config("hsi", hsi_overrides(tmp_path, out="hsi_broken", source="synthetic"))
+    # decode_check=none: the build meets the broken image (the default check routes around it)
+    changed = compose_config(
+        "hsi",
+        [
+            *hsi_overrides(tmp_path, out="hsi_broken", source="synthetic"),
+            "data.generate.source.decode_check=none",
+        ],
+    )
     dm = instantiate(changed.data)
     dm.prepare_data()
     expected = int(((recipe["fg_image"] == broken) | (recipe["bg_image"] == broken)).sum())
