@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -62,7 +63,7 @@ def reads(monkeypatch):
 
 def test_an_unchanged_tree_is_read_once(tree, tmp_path, reads):
     first = source(tree, tmp_path / "cache").load()
-    assert reads["n"] == 1 and len(list((tmp_path / "cache").glob("index-*.pkl"))) == 1
+    assert reads["n"] == 1 and len(list((tmp_path / "cache").glob("index-*.json"))) == 1
     second = source(tree, tmp_path / "cache").load()
     assert reads["n"] == 1  # from the cache
     assert same(first, second)
@@ -109,17 +110,27 @@ def test_listing_digest_ignores_hidden_entries_and_counts_errors(tree, tmp_path)
     assert listing_digest([tree / "nowhere"])[0] != listing_digest([tree / "elsewhere"])[0]
 
 
+class Touch:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def test_damaged_or_foreign_cache_is_a_miss(tree, tmp_path, reads, caplog):
     cache = tmp_path / "cache"
     first = source(tree, cache).load()
-    (path,) = cache.glob("index-*.pkl")
-    path.write_bytes(b"not a pickle")
+    (path,) = cache.glob("index-*.json")
+    # a pickle that would create a marker when unpickled: the cache is JSON, nothing runs
+    marker = tmp_path / "ran"
+    path.write_bytes(pickle.dumps(Touch(str(marker))))
     with caplog.at_level(logging.WARNING):
         assert same(source(tree, cache).load(), first)
-    assert reads["n"] == 2 and "unreadable" in caplog.text
-    path.write_bytes(pickle.dumps({"format": -1}))
+    assert reads["n"] == 2 and "unreadable" in caplog.text and not marker.exists()
+    path.write_text(json.dumps({"format": -1}))
     assert same(source(tree, cache).load(), first) and reads["n"] == 3
-    assert pickle.loads(path.read_bytes())["format"] != -1  # replaced by a good one
+    assert json.loads(path.read_text())["format"] != -1  # replaced by a good one
 
 
 def test_unwritable_cache_dir_is_a_warning(tree, tmp_path, caplog):

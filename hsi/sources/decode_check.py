@@ -13,16 +13,16 @@ recipe picks another image in its place.
     all    every image (what `data=source` trains on as well)
     none   no check (a broken image then fails at build time, as a manifest row)
 
-The outcome per image is cached beside the index (`decode-<key>.pkl`), keyed by the file's
+The outcome per image is cached beside the index (`decode-<key>.json`), keyed by the file's
 path, size and mtime, so a read after a change decodes only new or changed files (and an
 unchanged tree's index is stored already checked: no decode, no stat).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +90,9 @@ def _load_cache(path: Path | None) -> dict:
     if path is None or not path.is_file():
         return {}
     try:
-        with open(path, "rb") as f:
-            return dict(pickle.load(f)["entries"])
+        with open(path, encoding="ascii") as f:  # JSON, not pickle: loading a pickle runs code
+            entries = json.load(f)["entries"]
+        return {p: (tuple(key), reason) for p, (key, reason) in entries.items()}
     except Exception as e:  # noqa: BLE001 - a damaged cache is a miss
         log.warning("decode cache %s is unreadable (%s); decoding again", path, e)
         return {}
@@ -146,7 +147,7 @@ def check_decodes(
         kept = {r.path: cache[r.path] for r in chosen if r.path in cache}
         data = {"entries": kept}
         try:
-            atomic_write_bytes(cache_path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write_bytes(cache_path, json.dumps(data, separators=(",", ":")).encode("ascii"))
         except OSError as e:
             log.warning("cannot write the decode cache %s (%s)", cache_path, e.strerror or e)
     failed = {path: why for path, why in reasons.items() if why}

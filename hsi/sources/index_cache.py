@@ -2,7 +2,8 @@
 
 Reading ImageNet opens 1.28M image headers and parses 544k XML files (minutes). What that read
 gives depends only on the reader's settings (its paths) and on the files, so the result is
-kept in one pickle per settings and reused while the tree's *listing* is unchanged:
+kept in one JSON file per settings (JSON, not pickle: a cache
+folder may be shared, and loading a pickle can run code) and reused while the tree's *listing* is unchanged:
 
     listing = every path under the image folders, the box folder or CSV and the synset file,
               with its size and mtime (ns), in sorted order; hidden entries are left out, as
@@ -22,21 +23,21 @@ Point it at a shared folder so that every job of a SLURM array finds the same ca
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import pickle
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
 
 from hsi.io import atomic_write_bytes
-from hsi.sources.record import ImageRecord, Skip, SourceIndex
+from hsi.sources.record import ClassInfo, ImageRecord, Skip, SourceIndex
 
 log = logging.getLogger(__name__)
 
 # Bump when the reader's output for the same files changes (new skip reasons, new fields).
-FORMAT = 2
+FORMAT = 3  # 3: JSON instead of pickle
 _ENC = "utf-8"  # file names that are not UTF-8 go in through surrogateescape
 
 
@@ -46,6 +47,12 @@ _RECORD_FIELDS = tuple(f.name for f in fields(ImageRecord))
 def astuple_shallow(record: ImageRecord) -> tuple:
     """The record's fields in order (dataclasses.astuple would deep-copy the boxes)."""
     return tuple(getattr(record, name) for name in _RECORD_FIELDS)
+
+
+def _record(fields: list) -> ImageRecord:
+    """An ImageRecord from its stored field list (JSON turns the box tuples into lists)."""
+    *head, boxes = fields
+    return ImageRecord(*head, tuple(tuple(b) for b in boxes))
 
 
 def default_cache_dir() -> Path:
@@ -114,7 +121,7 @@ def listing_digest(paths: Iterable[str | os.PathLike]) -> tuple[str, int]:
 
 
 class IndexCache:
-    """One reader configuration's cached index in `folder` (`index-<settings key>-<variant>.pkl`).
+    """One reader configuration's cached index in `folder` (`index-<settings key>-<variant>.json`).
 
     `variant` names what else shaped the stored index (the decode check's mode); files that do
     not depend on it (`sibling`) are shared by every variant.
@@ -125,19 +132,19 @@ class IndexCache:
     ) -> None:
         self.folder = Path(folder).expanduser()
         self.key = settings_key(settings)
-        self.path = self.folder / f"index-{self.key}-{variant}.pkl"
+        self.path = self.folder / f"index-{self.key}-{variant}.json"
 
     def sibling(self, kind: str) -> Path:
         """Another cache file of the same configuration (the decode check's)."""
-        return self.folder / f"{kind}-{self.key}.pkl"
+        return self.folder / f"{kind}-{self.key}.json"
 
     def load(self, listing: str, root: Path) -> SourceIndex | None:
         """The cached index when it was made from this listing; None otherwise (or unreadable)."""
         if not self.path.is_file():
             return None
         try:
-            with open(self.path, "rb") as f:
-                data = pickle.load(f)
+            with open(self.path, encoding="ascii") as f:
+                data = json.load(f)
         except Exception as e:  # noqa: BLE001 - a damaged cache is a miss, never a failure
             log.warning(
                 "source cache %s is unreadable (%s); reading the source again", self.path, e
@@ -150,8 +157,8 @@ class IndexCache:
             return None
         return SourceIndex(
             root=root,
-            classes=data["classes"],
-            records=[ImageRecord(*fields) for fields in data["records"]],
+            classes=[ClassInfo(i, w, n, tuple(syn)) for i, w, n, syn in data["classes"]],
+            records=[_record(fields) for fields in data["records"]],
             skipped=[Skip(*fields) for fields in data["skipped"]],
             box_errors=[Skip(*fields) for fields in data["box_errors"]],
         )
@@ -161,14 +168,15 @@ class IndexCache:
         data = {
             "format": FORMAT,
             "listing": listing,
-            "classes": index.classes,
-            # plain tuples: a third faster to load than pickled dataclass instances
+            "classes": [[c.index, c.wnid, c.name, list(c.synonyms)] for c in index.classes],
+            # plain lists: faster to load than one object per record
             "records": [astuple_shallow(r) for r in index.records],
             "skipped": [(s.path, s.reason) for s in index.skipped],
             "box_errors": [(s.path, s.reason) for s in index.box_errors],
         }
         try:
-            atomic_write_bytes(self.path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+            # ensure_ascii: file names that are not UTF-8 (surrogates) round-trip as escapes
+            atomic_write_bytes(self.path, json.dumps(data, separators=(",", ":")).encode("ascii"))
         except OSError as e:
             log.warning(
                 "cannot write the source cache %s (%s); set source.cache_dir to a writable folder "
