@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +76,47 @@ def test_order_sweeps_outputs_and_status(tmp_path):
     assert "# a: done, skipped" in shown and "# b (after a): 2 of 3 commands" in shown
     assert "hsi-train x=0 seed=0" in shown and "hsi-train x=1 seed=1" not in shown
     assert d_runs_always(stages[3])
+
+
+def test_slurm_success_is_read_from_json_markers_never_from_pickles(tmp_path, monkeypatch):
+    """A stage without outputs is done when each task's command wrote its JSON marker; submitit's
+    result pickles (in a folder that may be shared) are never loaded."""
+    import pickle
+
+    import hsi.study.slurm as slurm_mod
+
+    monkeypatch.setattr(slurm_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    (stage,) = load_stages({"check": {"command": ["hsi-generate", "validate", "out=x"]}})
+    stages = slurm_mod.SlurmStages(tmp_path, {})
+    argv = [sys.executable, "-c", "pass"]
+    record = {"stage": "check", "job_id": "7", "commands": [stage.argv()], "executables": [argv]}
+    (tmp_path / ".study" / "jobs").mkdir(parents=True)
+    (tmp_path / ".study" / "jobs" / "check.json").write_text(json.dumps(record))
+    # a planted result pickle that would run code when loaded
+    job = tmp_path / ".study" / "slurm" / "7"
+    job.mkdir(parents=True)
+    planted = tmp_path / "unpickled"
+    payload = (os.system, (f"touch {planted}",))
+
+    class Evil:
+        def __reduce__(self):
+            return payload
+
+    (job / "7_0_result.pkl").write_bytes(pickle.dumps(Evil()))
+    assert not stages.succeeded(stage)  # no marker yet
+    marker = tmp_path / ".study" / "done" / "check" / "0.json"
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        slurm_mod.run_command(
+            [sys.executable, "-c", "raise SystemExit(1)"], str(tmp_path), str(marker)
+        )
+    assert not marker.exists() and not stages.succeeded(stage)  # a failed command leaves none
+    assert slurm_mod.run_command(argv, str(tmp_path), str(marker)) == 0
+    assert stages.succeeded(stage)
+    marker.write_text(json.dumps({"argv": ["something", "else"], "returncode": 0}))
+    assert not stages.succeeded(stage)  # another command's marker
+    marker.write_text("{damaged")
+    assert not stages.succeeded(stage)
+    assert not planted.exists()
 
 
 def d_runs_always(stage) -> bool:
@@ -333,6 +375,8 @@ def test_smoke_study_as_slurm_jobs(slurm, tmp_path):  # noqa: F811
     records = {p.stem: json.loads(p.read_text()) for p in (out / ".study" / "jobs").glob("*.json")}
     assert set(records) == {"synth", "scores", "train"}
     assert len(records["train"]["commands"]) == 2  # one array of two tasks
+    # each task recorded its success as JSON (the driver reads these, not submitit's pickles)
+    assert len(list((out / ".study" / "done" / "train").glob("*.json"))) == 2
     assert len({r["job_id"] for r in records.values()}) == 3
     for name in SMOKE_RESULTS:
         assert read_results(out / Path(name).parent)["status"] == "complete"

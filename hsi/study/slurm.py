@@ -5,7 +5,10 @@ its job) that SLURM starts only after the jobs of the stages it needs end well
 (`--dependency=afterok`, `--kill-on-invalid-dep=yes`). A stage's job id is recorded in
 `<out>/.study/jobs/<stage>.json`, so a rerun of the driver attaches to jobs still queued or
 running instead of submitting them twice; a stage is done when its outputs exist, whatever
-SLURM's accounting says (the one-node test cluster keeps none).
+SLURM's accounting says (the one-node test cluster keeps none). A stage without outputs is done
+when each of its job's tasks wrote its JSON marker (`<out>/.study/done/<stage>/<i>.json`) after
+its command exited 0: submitit's own result files are pickles, and this folder may be shared, so
+the driver never unpickles them.
 """
 
 from __future__ import annotations
@@ -54,12 +57,15 @@ def executor_parameters(launcher: Mapping[str, Any], stage: Stage) -> dict[str, 
     return params
 
 
-def run_command(argv: list[str], cwd: str) -> int:
+def run_command(argv: list[str], cwd: str, marker: str | None = None) -> int:
     """What a stage's job runs: the command, its output streamed to the job's log (submitit's
-    CommandFunction would hold it all in memory); a non-zero exit fails the job."""
+    CommandFunction would hold it all in memory); a non-zero exit fails the job. On success the
+    JSON `marker` (if given) records the command, for the driver to read."""
     done = subprocess.run(argv, cwd=cwd, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited with {done.returncode}")
+    if marker is not None:
+        atomic_write_text(Path(marker), json.dumps({"argv": argv, "returncode": 0}) + "\n")
     return done.returncode
 
 
@@ -107,12 +113,26 @@ class SlurmStages:
         logs = [str(p) for f in self.job_folders(stage) for p in f.glob("*_log.err")]
         return ", ".join(logs[:3]) or f"none yet under {self.folder / 'slurm'}"
 
-    def succeeded(self, stage: Stage) -> bool:
-        """Every task of the stage's last job wrote submitit's success result."""
-        from submitit.core.utils import pickle_load
+    def _markers(self, stage: Stage) -> Path:
+        return self.folder / "done" / stage.name
 
-        results = [p for f in self.job_folders(stage) for p in f.glob("*_result.pkl")]
-        return bool(results) and all(pickle_load(p)[0] == "success" for p in results)
+    def succeeded(self, stage: Stage) -> bool:
+        """Every task of the stage's last job ran its command to exit 0 (its JSON marker)."""
+        path = self._record(stage)
+        if not path.is_file():
+            return False
+        commands = json.loads(path.read_text()).get("executables") or []
+        for i, argv in enumerate(commands):
+            marker = self._markers(stage) / f"{i}.json"
+            if not marker.is_file():
+                return False
+            try:
+                ran = json.loads(marker.read_text())
+            except json.JSONDecodeError:
+                return False  # a marker is written atomically: a damaged one is not ours
+            if not isinstance(ran, dict) or ran.get("argv") != argv or ran.get("returncode") != 0:
+                return False
+        return bool(commands)
 
     def submit(self, stage: Stage, after: list[str]) -> str:
         """Submit the stage's combinations still to run, one job (or one array) that starts after
@@ -132,11 +152,20 @@ class SlurmStages:
             extra["kill_on_invalid_dep"] = "yes"
         executor.update_parameters(**params, slurm_additional_parameters=extra)
         combos = stage.todo()
+        markers = self._markers(stage)
+        shutil.rmtree(
+            markers, ignore_errors=True
+        )  # an earlier job's markers say nothing of this one
         try:
             with executor.batch():  # several combinations: one array job
                 jobs = [
-                    executor.submit(run_command, executable(stage, c), str(Path.cwd()))
-                    for c in combos
+                    executor.submit(
+                        run_command,
+                        executable(stage, c),
+                        str(Path.cwd()),
+                        str(markers / f"{i}.json"),
+                    )
+                    for i, c in enumerate(combos)
                 ]
         except FailedJobError as err:  # sbatch refused: one line naming the key to change
             raise StudyError(f"stage {stage.name!r}: {explain_sbatch_error(str(err))}") from None
@@ -145,6 +174,7 @@ class SlurmStages:
             "stage": stage.name,
             "job_id": job_id,
             "commands": [stage.argv(c) for c in combos],
+            "executables": [executable(stage, c) for c in combos],  # what the markers record
         }
         atomic_write_text(self._record(stage), json.dumps(record, indent=2) + "\n")
         return job_id
