@@ -164,8 +164,8 @@ def rank_cfg(tmp: Path, *extra: str):
 
 @pytest.mark.slow
 def test_tasks_after_scoring_on_a_tiny_source(tmp_path):
-    from hsi.cli.rank import run_tasks
     from hsi.io import atomic_write_csv
+    from hsi.ranking.app import run_tasks
 
     torch.save(timm.create_model("resnet10t", num_classes=3).state_dict(), tmp_path / "frozen.pt")
     cfg = rank_cfg(
@@ -234,7 +234,7 @@ class BrightnessDetector:
 
 
 def test_score_task_with_an_injected_detector_ranks_and_caches(tmp_path):
-    from hsi.cli.rank import run_tasks
+    from hsi.ranking.app import run_tasks
 
     cfg = rank_cfg(tmp_path, "tasks=[score]", "images_per_class.train=5")
     detector = BrightnessDetector()

@@ -4,13 +4,12 @@ conf/rank.yaml, docs/ranking.md).
     hsi-rank tasks=[score,subsets,retrain]  detector=owlvit detector.path=<folder> model=resnet50
     hsi-rank tasks=[noise,ood,grids] scores=<earlier run>/scores.csv ood.folder=/data/imagenet-a
 
-The logic lives in hsi.ranking; bad input exits non-zero with a message saying what to fix.
+The logic lives in hsi.ranking.app; bad input exits non-zero with a message saying what to fix.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -18,119 +17,12 @@ from omegaconf import DictConfig
 from hsi.cli import CONF_DIR
 from hsi.console import quiet_console
 
-TASKS = ("score", "subsets", "retrain", "noise", "ood", "grids")
-
-
-def run_tasks(cfg: DictConfig, detector=None) -> dict:
-    """Every task of ``cfg.tasks`` in the order of TASKS; prints one block per task.
-
-    ``detector`` replaces ``build_detector(cfg.detector)`` (tests inject a fake one).
-    """
-    from hsi.ranking.rank import CONVENTION
-    from hsi.ranking.score import read_scores, score_source
-    from hsi.ranking.study import (
-        Study,
-        run_grids,
-        run_noise,
-        run_ood,
-        run_retrain,
-        run_subsets,
-    )
-    from hsi.sources import load_source
-
-    tasks = [str(t) for t in (cfg.tasks if not isinstance(cfg.tasks, str) else [cfg.tasks])]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"tasks={tasks}: each task must be one of {list(TASKS)}")
-    out = Path(str(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
-    index = load_source(cfg.source)
-    scores_path = Path(str(cfg.scores)) if cfg.scores else out / "scores.csv"
-    done: dict = {}
-    if "score" in tasks:
-        from hsi.detectors import DEFAULT_TEMPLATE, build_detector
-        from hsi.io import atomic_write_csv
-
-        if detector is None:
-            detector = build_detector(cfg.detector)
-        per_class = {k: cfg.images_per_class.get(k) for k in ("train", "val")}
-        cache = (
-            Path(str(cfg.detections_cache))
-            if cfg.detections_cache
-            else out / "cache" / "detections"
-        )
-        frame = score_source(
-            detector,
-            index,
-            per_class,
-            int(cfg.seed),
-            str(cfg.detector.get("template") or DEFAULT_TEMPLATE),
-            cache,
-            int(cfg.detector.get("batch_size") or cfg.batch_size),
-            bool(cfg.progress),
-        )
-        atomic_write_csv(out / "scores.csv", frame)
-        scores_path = out / "scores.csv"
-        done["score"] = frame
-        counts = frame.groupby("split")["key"].size().to_dict()
-        print(f"scores ({getattr(detector, 'name', 'detector')}): {counts} images -> {scores_path}")
-        print(f"  convention: {CONVENTION}")
-        from hsi.ranking.score import size_correlation
-        from hsi.sources.synthetic import read_hidden_boxes
-
-        # the synthetic source's true boxes of its unannotated train images (empty elsewhere)
-        rho = size_correlation(frame, index, read_hidden_boxes(index.root))
-        atomic_write_csv(out / "size_correlation.csv", rho)
-        done["size_correlation"] = rho
-        summary = rho.groupby("split")["spearman"].agg(["min", "median", "max"]).round(3)
-        print(f"  Spearman rho of score vs box share per class -> {out / 'size_correlation.csv'}")
-        print(summary.to_string())
-    study = Study(cfg=cfg, out=out, index=index, scores=read_scores(scores_path))
-    if "subsets" in tasks:
-        result = run_subsets(study)
-        done["subsets"] = result
-        print(
-            f"subsets -> {out / 'subsets.csv'}: "
-            + ", ".join(f"{n} {c}" for n, c in result["subsets"].items())
-        )
-        shared = result["overlaps"]
-        if len(shared):
-            print(
-                f"  {len(shared)} (k, class) pairs with fewer than 2k images share images -> {out / 'overlaps.csv'}"
-            )
-            print(shared.to_string(index=False))
-    if "retrain" in tasks:
-        result = run_retrain(study)
-        done["retrain"] = result
-        print(f"heads on {study.frozen.name}, val accuracy (mean over ranks):")
-        for name, acc in result["means"].items():
-            print(f"  {name:<10} {acc:.4f}")
-        print(f"  accuracy vs rank -> {out / 'accuracy_vs_rank.csv'}, {result['figure']}")
-    if "noise" in tasks:
-        result = run_noise(study)
-        done["noise"] = result
-        table = result["table"].pivot_table(
-            index="head", columns=["region", "alpha"], values="acc", sort=False
-        )
-        print(
-            f"noise sensitivity (mask: {cfg.noise.mask}; input space: normalised) -> {out / 'noise.csv'}"
-        )
-        print(table.round(4).to_string())
-    if "ood" in tasks:
-        result = run_ood(study)
-        done["ood"] = result
-        print(f"OOD ({result['name']}) vs in-distribution -> {out / 'ood.csv'}")
-        print(result["table"].round(4).to_string(index=False))
-    if "grids" in tasks:
-        result = run_grids(study)
-        done["grids"] = result
-        print(f"ranked grid of {result['classes']} -> {result['figure']}")
-    return done
-
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="rank")
 def main(cfg: DictConfig) -> None:
     quiet_console(cfg.verbose)
+    from hsi.ranking.app import run_tasks
+
     try:
         run_tasks(cfg)
     except (FileNotFoundError, ValueError, KeyError) as err:  # bad input: says what to fix
