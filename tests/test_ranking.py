@@ -286,7 +286,7 @@ def test_imagenet_a_folder_is_read_in_the_source_label_space_and_heads_restricte
     from PIL import Image
 
     from hsi.ranking.heads import Head
-    from hsi.ranking.study import folder_records
+    from hsi.ranking.ood import folder_records
     from hsi.sources.record import ClassInfo, SourceIndex
 
     classes = [ClassInfo(i, f"n0000000{i}", f"c{i}") for i in range(4)]

@@ -2,7 +2,11 @@
 (paper 004; docs/ranking.md), run in the order of TASKS.
 
     score    scores.csv (hsi.ranking.score) and size_correlation.csv
-    subsets, retrain, noise, ood, grids    hsi.ranking.study
+    subsets  hsi.ranking.study (with the Study every later task reads)
+    retrain  hsi.ranking.study
+    noise    hsi.ranking.noise
+    ood      hsi.ranking.ood
+    grids    hsi.ranking.grids
 
 Every task past ``score`` reads the ranking (<out>/scores.csv or ``scores``) through one Study.
 """
@@ -15,9 +19,12 @@ from omegaconf import DictConfig
 
 from hsi.detectors import DEFAULT_TEMPLATE, build_detector
 from hsi.io import atomic_write_csv
+from hsi.ranking.grids import run_grids
+from hsi.ranking.noise import run_noise
+from hsi.ranking.ood import run_ood
 from hsi.ranking.rank import CONVENTION
 from hsi.ranking.score import read_scores, score_source, size_correlation
-from hsi.ranking.study import Study, run_grids, run_noise, run_ood, run_retrain, run_subsets
+from hsi.ranking.study import Study, run_retrain, run_subsets
 from hsi.sources import load_source
 from hsi.sources.synthetic import read_hidden_boxes
 
