@@ -1,4 +1,4 @@
-"""How many samples the recipe holds: the HSI splits and samples per class and group (paper 000, §4).
+"""How many samples the recipe holds: HSI splits, samples per class and group (paper 000, §4).
 
 HSI train and val come from the source's train split, HSI test from its val split.
 """
