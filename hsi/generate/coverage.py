@@ -3,10 +3,11 @@
 Real ImageNet has boxes for about 42% of its train images, unevenly per class, while the
 paper's recipe takes 640 distinct boxed train images per class (paper 000, §4; its Limitations
 note that unboxed images were not used, and App. D audits the boxes against an open-vocabulary
-detector). hsi.generate.recipe.select_images decides, per class, what the recipe takes; this
-module gives it boxes from a detector (`coverage: detect`) and writes the preflight plan:
+detector). hsi.generate.coverage_policy.select_images decides, per class, what the recipe
+takes; this module gives it boxes from a detector (`coverage: detect`) and writes the preflight
+plan:
 
-    plan.csv            one row per class and HSI split (hsi.generate.recipe.ClassCoverage)
+    plan.csv            one row per class and HSI split (hsi.generate.selection.ClassCoverage)
     plan_summary.txt    what the configured policy does, and what each other policy would do
 
 The plan reads the index only (no image is decoded, no detector runs unless `plan.detect=true`),
@@ -22,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from hsi.generate.coverage_policy import POLICIES, DetectFn, select_images
 from hsi.generate.pairs import resolve_pairs
-from hsi.generate.recipe import POLICIES, DetectFn, Selection, select_images
+from hsi.generate.selection import Selection
 from hsi.generate.spec import DatasetSpec
 from hsi.io import atomic_write_bytes, atomic_write_text
 from hsi.sources.record import Box, ImageRecord, SourceIndex
@@ -69,7 +71,7 @@ def detector_boxes(cfg: DictConfig, spec: DatasetSpec, index: SourceIndex) -> tu
 
 
 def make_selection(cfg: DictConfig, index: SourceIndex, run_detector: bool = True) -> Selection:
-    """The images the config's recipe takes (hsi.generate.recipe.select_images with its keys).
+    """The images the config's recipe takes (coverage_policy.select_images with its keys).
 
     `run_detector=False` (a plan): `coverage: detect` plans short classes without detector
     boxes (what `coverage_fallback` would then do).
