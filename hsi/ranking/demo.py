@@ -101,8 +101,8 @@ def rank_demo_report(folder: Path) -> str:
         )
         if min(acc[bot, "least"], acc[top, "least"]) > 0.99:
             lines.append(
-                "  (here every head solves the least spurious half: on the synthetic source the object "
-                "fills 30-70% of each image, so the heads differ only where the habitat misleads)"
+                "  (here every head solves the least spurious half, whose objects are plainly "
+                "visible: the heads differ only where the object is small or the habitat misleads)"
             )
     return "\n".join(lines)
 

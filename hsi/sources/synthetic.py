@@ -19,7 +19,11 @@ class or a range [low, high] from which each class draws its own fraction (seede
 
 What the images hold (see hsi.sources.synthetic_draw): a class-specific grey striped silhouette
 on a class-specific "habitat" background that matches the class with probability
-`habitat_prob`, with ImageNet's biases (large objects near the centre, sometimes several).
+`habitat_prob`, with ImageNet's biases: objects centred on average but spread over the image,
+of every size from a tenth of it to most of it, sometimes several. Small and off-centre objects
+make the source's models lean on the habitat where the object is hard to see, as ImageNet's do;
+a source of only large, centred objects gives a model that ignores some classes' habitats
+entirely and never meets an object in a corner.
 
 Every pixel is a function of (seed, split, class, index) through hsi.io.item_rng, so the bytes
 do not depend on `workers`; every file is written atomically.
@@ -66,9 +70,9 @@ class SynthParams:
     num_classes: int = 10
     train_per_class: int = 700
     val_per_class: int = 50
-    habitat_prob: float = 0.9  # P(an image shows its own class's habitat)
-    center_sd: float = 0.1  # sd of object centres around the image centre, x the side
-    area_range: tuple[float, float] = (0.3, 0.7)  # box area of all objects together / image area
+    habitat_prob: float = 0.7  # P(an image shows its own class's habitat)
+    center_sd: float = 0.3  # sd of object centres around the image centre, x the side
+    area_range: tuple[float, float] = (0.1, 0.7)  # box area of all objects together / image area
     multi_object_prob: float = 0.15
     multi_object_count: int = 2
     size_range: tuple[int, int] = (96, 160)  # image width and height drawn in this range, px
