@@ -300,7 +300,8 @@ class GreyObjectDetector:
         for image in images:
             self.images += 1
             pixels = np.asarray(image.convert("RGB")).astype(np.int16)
-            grey = (pixels.max(axis=2) - pixels.min(axis=2)) < 12
+            # a habitat pixel keeps a channel span of at least 0.3 x 0.3 x 255 = 23 (S, V >= 0.3)
+            grey = (pixels.max(axis=2) - pixels.min(axis=2)) < 20
             ys, xs = np.nonzero(grey)
             score = 0.2 if image.width % 4 == 0 else 0.9
             box = None if not len(xs) else (xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0)
