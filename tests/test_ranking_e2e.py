@@ -15,7 +15,7 @@ from tests.helpers import BIN, hsi_train
 
 pytestmark = pytest.mark.slow
 
-SOURCE = ["num_classes=3", "train_per_class=60", "val_per_class=10", "size_range=[32,48]"]
+SOURCE = ["num_classes=3", "train_per_class=100", "val_per_class=10", "size_range=[32,48]"]
 
 
 def source_keys(prefix: str, root: Path) -> list[str]:
@@ -24,7 +24,7 @@ def source_keys(prefix: str, root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A resnet10t trained for 3 epochs on the tiny source's own images at 32 px."""
+    """A resnet10t trained for 8 epochs on the tiny source's own images at 32 px."""
     tmp = tmp_path_factory.mktemp("rank")
     hsi_train(
         [
@@ -33,7 +33,7 @@ def trained(tmp_path_factory) -> Path:
             *source_keys("data.source", tmp / "source"),
             "data.resolution=32",
             "data.batch_size=32",
-            "method.epochs=3",
+            "method.epochs=8",
             "logger=csv",
             "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false",
@@ -70,13 +70,13 @@ def test_cam_ranking_follows_object_size(trained):
     hsi_rank(trained, "tasks=[score]", f"hydra.run.dir={out}")
     rho = pd.read_csv(out / "size_correlation.csv")
     train = rho[rho["split"] == "train"]
-    assert len(train) == 3 and (train["images"] == 60).all()
-    # a larger object: a more confident classifier, so a lower (less spurious) rank. On this
-    # tiny source and 3-epoch model it holds on average and in most classes, not in every one
-    # (one class at -0.05 since the source's format 2 drew other images; docs/ranking.md)
-    assert train["spearman"].mean() > 0.2 and (train["spearman"] > 0).sum() >= 2, train
+    assert len(train) == 3 and (train["images"] == 100).all()
+    # a larger object: a more confident classifier, so a lower (less spurious) rank, in every
+    # class. A model of fewer epochs or images still reads mostly the habitat (the easier cue),
+    # and its confidence then falls as the object hides more of it (docs/ranking.md)
+    assert (train["spearman"] > 0).all() and train["spearman"].mean() > 0.3, train
     scores = pd.read_csv(out / "scores.csv")
-    assert len(scores) == 3 * (60 + 10) and scores["score"].between(0, 1).all()
+    assert len(scores) == 3 * (100 + 10) and scores["score"].between(0, 1).all()
     # the cam box is missing only where the map is flat (recorded as NaN, noise skips those)
     assert scores[["box_xmin", "box_ymin", "box_xmax", "box_ymax"]].notna().all(axis=1).mean() > 0.8
 
@@ -89,7 +89,7 @@ def test_hsi_rank_every_task_and_rerun(trained):
         "size_range:[32,48],habitat_prob:0.0,seed:1,progress:false}"
     )
     common = [
-        "subsets.ks=[5,40]",
+        "subsets.ks=[5,60]",
         "retrain.epochs=100",
         "retrain.l2=1.0",
         "noise.per_class=3",
@@ -115,7 +115,7 @@ def test_hsi_rank_every_task_and_rerun(trained):
         assert (out / name).is_file(), name
     assert "bot-5" in proc.stdout and "shifted synthetic source" in proc.stdout
     overlaps = pd.read_csv(out / "overlaps.csv")
-    assert set(overlaps["k"]) == {40} and (overlaps["bot_top"] == 20).all()  # 60 < 80 images
+    assert set(overlaps["k"]) == {60} and (overlaps["bot_top"] == 20).all()  # 100 < 120 images
     noise = pd.read_csv(out / "noise.csv")
     assert set(noise["region"]) == {"clean", "fg", "bg"} and set(noise["alpha"]) == {
         0,
