@@ -4,8 +4,21 @@
 # Needs root and Debian's package registry; prints why and exits non-zero when it cannot.
 set -euo pipefail
 
+# every core of the machine: `nproc` alone obeys OMP_NUM_THREADS (the tests set it to 1), and a
+# node of 1 CPU leaves a 2-task job pending forever
+cpus=$(getconf _NPROCESSORS_ONLN)
 if pgrep -x slurmctld >/dev/null && timeout 5 sinfo -h >/dev/null 2>&1; then
-  echo "slurm-up: SLURM already answers"; exit 0
+  if [ "$(sinfo -h -o '%c' 2>/dev/null | head -1)" = "$cpus" ] \
+    || ! grep -qs '^ClusterName=hsi-local$' /etc/slurm/slurm.conf; then
+    echo "slurm-up: SLURM already answers"; exit 0  # a cluster this script did not make: left alone
+  fi
+  # our one-node cluster with fewer CPUs than the machine (made under OMP_NUM_THREADS=1 by an
+  # older copy of this script): start it again
+  echo "slurm-up: the node has $(sinfo -h -o '%c' | head -1) CPUs, the machine $cpus: restarting"
+  scancel --state=PENDING --user="$(id -un)" 2>/dev/null || true
+  pkill -x slurmd || true
+  pkill -x slurmctld || true
+  sleep 2
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "slurm-up: needs root to install and start slurm-wlm and munge" >&2; exit 1
@@ -24,7 +37,6 @@ pgrep -x munged >/dev/null || su -s /bin/sh munge -c /usr/sbin/munged
 
 # a one-node cluster named after this host, with all its cores and most of its memory
 host=$(hostname -s)
-cpus=$(nproc)
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
 conf_dir=/etc/slurm
 mkdir -p "$conf_dir" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
