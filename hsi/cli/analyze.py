@@ -17,16 +17,14 @@ from omegaconf import DictConfig
 
 from hsi.cli import CONF_DIR
 from hsi.console import quiet_console
+from hsi.tasks import requested_tasks
 
 TASKS = ("background", "correlation", "v2_pairs", "gradcam")
 
 
 def run_tasks(cfg: DictConfig) -> dict:
     """Every task of `cfg.tasks`, in the order of TASKS; prints one block per task."""
-    tasks = [str(t) for t in (cfg.tasks if not isinstance(cfg.tasks, str) else [cfg.tasks])]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"tasks={tasks}: each task must be one of {list(TASKS)}")
+    tasks = requested_tasks(cfg.tasks, TASKS)
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     done: dict = {}

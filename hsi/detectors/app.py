@@ -22,6 +22,7 @@ from hsi.detectors.audit import box_audit, write_audit
 from hsi.io import atomic_write_csv
 from hsi.sources import load_source
 from hsi.sources.record import ImageRecord, SourceIndex
+from hsi.tasks import requested_tasks
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,7 @@ def detections_frame(records, found, prompts) -> pd.DataFrame:
 
 
 def run_tasks(cfg: DictConfig) -> dict:
-    tasks = _list(cfg.tasks) or []
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"tasks={tasks}: each task must be one of {list(TASKS)}")
+    tasks = requested_tasks(cfg.tasks, TASKS)
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     detector = build_detector(cfg.detector)  # first: a missing model folder fails at once

@@ -27,6 +27,7 @@ from hsi.ranking.score import read_scores, score_source, size_correlation
 from hsi.ranking.study import Study, run_retrain, run_subsets
 from hsi.sources import load_source
 from hsi.sources.synthetic import read_hidden_boxes
+from hsi.tasks import requested_tasks
 
 TASKS = ("score", "subsets", "retrain", "noise", "ood", "grids")
 
@@ -36,10 +37,7 @@ def run_tasks(cfg: DictConfig, detector=None) -> dict:
 
     ``detector`` replaces ``build_detector(cfg.detector)`` (tests inject a fake one).
     """
-    tasks = [str(t) for t in (cfg.tasks if not isinstance(cfg.tasks, str) else [cfg.tasks])]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"tasks={tasks}: each task must be one of {list(TASKS)}")
+    tasks = requested_tasks(cfg.tasks, TASKS)
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     index = load_source(cfg.source)
